@@ -1,0 +1,36 @@
+"""nmtq.quant: quantization of any ``nn.Module`` (torch only; never imports transformers).
+
+Example:
+    >>> import torch
+    >>> from nmtq.quant import Quantizer, quantize_tensor
+    >>> quantize_tensor(torch.tensor([0.0, 0.3, 1.0]), bits=1, bucket_size=None).tolist()
+    [0.0, 0.0, 1.0]
+"""
+
+from .autograd import allocate_bits, fake_quantize, init_points, quantize_with_points
+from .config import QuantizerConfig
+from .functional import QuantizedTensor, encode_tensor, encode_to_points, quantize_tensor, quantize_to_points
+from .huffman import HuffmanStats, huffman_code_lengths, huffman_stats
+from .quantizer import Quantizer, select_parameters
+from .size import SizeReport, TensorSize, size_report
+
+__all__ = [
+    "HuffmanStats",
+    "QuantizedTensor",
+    "Quantizer",
+    "QuantizerConfig",
+    "SizeReport",
+    "TensorSize",
+    "allocate_bits",
+    "encode_tensor",
+    "encode_to_points",
+    "fake_quantize",
+    "huffman_code_lengths",
+    "huffman_stats",
+    "init_points",
+    "quantize_tensor",
+    "quantize_to_points",
+    "quantize_with_points",
+    "select_parameters",
+    "size_report",
+]

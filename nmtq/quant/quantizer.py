@@ -1,0 +1,311 @@
+"""A quantizer object that holds any ``nn.Module`` and quantizes its weights (torch only).
+
+In its *training state* every selected weight is fake-quantized on the fly: the module's forward sees Q(w),
+the full-precision shadow weight receives the gradient (straight-through estimator), or, with learned points,
+the points do. In its *quantized state* the weights are replaced by the values their integer codes decode to,
+and :meth:`Quantizer.quantized_state` holds the codes; :meth:`Quantizer.restore_full_precision` goes back.
+
+Why forward hooks on each owning module rather than ``torch.nn.utils.parametrize``: parametrize renames the
+parameters in ``state_dict`` (``...parametrizations.weight.original``), which breaks ``save_pretrained``
+and tied embeddings; hooks leave the model's parameters, names and checkpoints exactly as they were.
+
+Example:
+    >>> model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    >>> quantizer = Quantizer(model, bits=4, bucket_size=16)
+    >>> y = model(torch.randn(3, 8))          # uses Q(w); gradients reach the float weights
+    >>> state = quantizer.quantize()         # integer codes; the model now holds decode(codes)
+    >>> quantizer.size().compression_ratio > 1
+    True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+from collections.abc import Iterator, Mapping
+
+import torch
+from torch import nn
+
+from .autograd import allocate_bits, fake_quantize, init_points, quantize_with_points
+from .config import QuantizerConfig
+from .functional import QuantizedTensor, check_weights, encode_tensor, encode_to_points
+from .size import SizeReport, size_report
+
+POINTS_SUFFIX = "_quant_points"
+
+
+@dataclasses.dataclass(eq=False)
+class QuantizedParameter:
+    """One selected tensor: its names (tied weights have several), owners, bits and learned points."""
+
+    name: str
+    aliases: tuple[str, ...]
+    param: nn.Parameter
+    owners: list[tuple[nn.Module, str]]
+    bits: int
+    points: nn.Parameter | None = None
+
+
+def _collect(model: nn.Module) -> dict[int, QuantizedParameter]:
+    """Every parameter once, with all its names and owning (module, attribute) pairs, in module order."""
+    found: dict[int, QuantizedParameter] = {}
+    for prefix, module in model.named_modules(remove_duplicate=False):
+        for attr, p in module._parameters.items():
+            if p is None or attr.endswith(POINTS_SUFFIX):
+                continue
+            name = f"{prefix}.{attr}" if prefix else attr
+            entry = found.setdefault(id(p), QuantizedParameter(name, (), p, [], 0))
+            entry.aliases += (name,)
+            if not any(m is module and a == attr for m, a in entry.owners):
+                entry.owners.append((module, attr))
+    return found
+
+
+def select_parameters(model: nn.Module, config: QuantizerConfig) -> list[QuantizedParameter]:
+    """The parameters ``config`` selects, tied parameters once; raises ``ValueError`` if a pattern is unused."""
+    entries = list(_collect(model).values())
+    for kind, patterns in (("include", config.include), ("exclude", config.exclude)):
+        for pattern in patterns:
+            if not any(fnmatch.fnmatchcase(a, pattern) for e in entries for a in e.aliases):
+                raise ValueError(
+                    f"{kind} pattern {pattern!r} matches no parameter of {type(model).__name__}; parameter "
+                    f"names look like {[e.name for e in entries[:3]]}"
+                )
+
+    def wanted(e: QuantizedParameter) -> bool:
+        def hit(patterns: tuple[str, ...]) -> bool:
+            return any(fnmatch.fnmatchcase(a, p) for a in e.aliases for p in patterns)
+
+        return (hit(config.include) and not hit(config.exclude) and e.param.is_floating_point()
+                and e.param.numel() >= config.min_size and (e.param.dim() >= 2 or config.quantize_vectors))
+
+    chosen = [e for e in entries if wanted(e)]
+    if config.keep_first_last:
+        chosen = chosen[1:-1]
+    if not chosen:
+        raise ValueError(
+            f"no parameter of {type(model).__name__} is selected for quantization: check include/exclude, "
+            "min_size, quantize_vectors and keep_first_last"
+        )
+    for e in chosen:
+        e.bits = config.bits
+    return chosen
+
+
+class Quantizer:
+    """Quantizes the weights of ``model`` (see the module docstring). Keyword arguments override ``config``.
+
+    Raises ``ValueError`` before touching the model when the arguments or the weights are unusable.
+    """
+
+    def __init__(self, model: nn.Module, config: QuantizerConfig | None = None, **overrides: object) -> None:
+        config = dataclasses.replace(config, **overrides) if config else QuantizerConfig(**overrides)
+        if getattr(model, "_nmtq_quantizer", None) is not None:
+            raise ValueError("this model already has a Quantizer attached: call .remove() on it first")
+        params = select_parameters(model, config)
+        for e in params:
+            check_weights(e.param.detach(), name=e.name)
+        self.model, self.config, self.params = model, config, params
+        self._cache: dict[int, tuple[tuple, torch.Tensor]] = {}
+        self._handles: list = []
+        self._full_precision: list[torch.Tensor] | None = None
+        self._state: dict[str, QuantizedTensor] | None = None
+        if config.learn_points:
+            for e in params:
+                self._set_points(e, init_points(e.param, 2**e.bits, config.bucket_size, config.points_init))
+        model._nmtq_quantizer = self
+        self._attach_hooks()
+
+    # ------------------------------------------------------------------------------------------ training state
+    def _quantized_weight(self, e: QuantizedParameter, training: bool) -> torch.Tensor:
+        stochastic = self.config.stochastic and training
+        # without autograd (evaluation, generate()) reuse Q(w) until the weights or points change
+        cacheable = not torch.is_grad_enabled() and not stochastic
+        key = (e.param._version, e.bits, None if e.points is None else e.points._version)
+        if cacheable and id(e) in self._cache and self._cache[id(e)][0] == key:
+            return self._cache[id(e)][1]
+        if e.points is not None:
+            q = quantize_with_points(e.param, e.points, self.config.bucket_size)
+        else:
+            q = fake_quantize(e.param, e.bits, self.config.bucket_size, self.config.scaling, stochastic)
+        if cacheable:
+            self._cache[id(e)] = (key, q)
+        return q
+
+    def _attach_hooks(self) -> None:
+        by_module: dict[int, tuple[nn.Module, list[tuple[str, QuantizedParameter]]]] = {}
+        for e in self.params:
+            for module, attr in e.owners:
+                by_module.setdefault(id(module), (module, []))[1].append((attr, e))
+        for module, owned in by_module.values():
+            self._handles.append(module.register_forward_pre_hook(self._make_pre_hook(owned)))
+            self._handles.append(module.register_forward_hook(self._make_post_hook(owned), always_call=True))
+
+    def _make_pre_hook(self, owned: list[tuple[str, QuantizedParameter]]):
+        def pre_hook(module: nn.Module, args: tuple) -> None:
+            # Q(w) stands in the parameter's own slot for this call only, so parameter order never changes;
+            # RNNs notice the new tensor and rebuild their flat weights
+            for attr, e in owned:
+                module._parameters[attr] = self._quantized_weight(e, module.training)
+
+        return pre_hook
+
+    @staticmethod
+    def _make_post_hook(owned: list[tuple[str, QuantizedParameter]]):
+        def post_hook(module: nn.Module, args: tuple, output: object) -> None:
+            for attr, e in owned:
+                module._parameters[attr] = e.param
+
+        return post_hook
+
+    def _detach_hooks(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._cache.clear()
+
+    # ------------------------------------------------------------------------------------------ learned points
+    def _set_points(self, e: QuantizedParameter, points: torch.Tensor) -> None:
+        module, attr = e.owners[0]
+        e.points = nn.Parameter(points.to(e.param.device))
+        module.register_parameter(attr + POINTS_SUFFIX, e.points)
+
+    def point_parameters(self) -> Iterator[nn.Parameter]:
+        """The learnable points (``learn_points=True``), for the optimizer of differentiable quantization."""
+        return (e.points for e in self.params if e.points is not None)
+
+    @torch.no_grad()
+    def sort_points_(self) -> None:
+        """Keep every tensor's points sorted and inside [0, 1]; call after each optimizer step."""
+        for e in self.params:
+            if e.points is not None:
+                e.points.copy_(e.points.clamp(0, 1).sort().values)
+
+    def attach_optimizer(self, optimizer: torch.optim.Optimizer):
+        """Call :meth:`sort_points_` after every ``optimizer.step()``; returns the removable hook handle."""
+        return optimizer.register_step_post_hook(lambda *_: self.sort_points_())
+
+    def gradient_norms(self) -> dict[str, float]:
+        """L2 norm of each quantized weight's gradient (after a backward pass), for :meth:`allocate_bits`."""
+        missing = [e.name for e in self.params if e.param.grad is None]
+        if missing:
+            raise ValueError(f"no gradient for {missing[:3]}: run loss.backward() before gradient_norms()")
+        return {e.name: float(e.param.grad.norm()) for e in self.params}
+
+    def allocate_bits(self, mean_bits: float, grad_norms: Mapping[str, float] | None = None,
+                      min_bits: int = 1, max_bits: int = 8) -> dict[str, int]:
+        """Give each tensor bits in proportion to its gradient norm under a mean of ``mean_bits`` per weight.
+
+        With learned points, each tensor gets ``2**bits`` freshly initialised points: build the optimizer after.
+        """
+        norms = grad_norms if grad_norms is not None else self.gradient_norms()
+        unknown = set(norms) - {e.name for e in self.params}
+        if unknown or len(norms) != len(self.params):
+            raise ValueError(f"grad_norms must name every quantized parameter once; unexpected: {sorted(unknown)}")
+        bits = allocate_bits([norms[e.name] for e in self.params], [e.param.numel() for e in self.params],
+                             mean_bits, max(min_bits, 2 if self.config.scaling == "absmax" else 1), max_bits)
+        for e, b in zip(self.params, bits):
+            e.bits = b
+            if e.points is not None:
+                self._set_points(e, init_points(e.param, 2**b, self.config.bucket_size, self.config.points_init))
+        self._cache.clear()
+        return {e.name: e.bits for e in self.params}
+
+    # ------------------------------------------------------------------------------------------ quantized state
+    @property
+    def is_quantized(self) -> bool:
+        """True while the model holds decoded integer codes rather than full-precision weights."""
+        return self._state is not None
+
+    def encode(self) -> dict[str, QuantizedTensor]:
+        """Integer codes of every selected weight (deterministic rounding), keyed by parameter name."""
+        if self._state is not None:
+            return dict(self._state)
+        bucket = self.config.bucket_size
+        return {
+            e.name: encode_to_points(e.param.detach(), e.points.detach(), bucket) if e.points is not None
+            else encode_tensor(e.param.detach(), e.bits, bucket, self.config.scaling)
+            for e in self.params
+        }
+
+    def quantize(self) -> dict[str, QuantizedTensor]:
+        """Put the model in its real quantized state: each weight becomes decode(codes). Returns the codes."""
+        return self.load_quantized_state(self.encode())
+
+    def load_quantized_state(self, state: Mapping[str, QuantizedTensor]) -> dict[str, QuantizedTensor]:
+        """Set the weights from integer codes (e.g. read back from an export); keeps the float weights aside."""
+        expected = {e.name: e for e in self.params}
+        if set(state) != set(expected):
+            raise ValueError(f"quantized state names {sorted(set(state) ^ set(expected))[:5]} do not match "
+                             "the quantized parameters of this model")
+        for name, q in state.items():
+            if tuple(q.shape) != tuple(expected[name].param.shape):
+                raise ValueError(f"{name}: codes have shape {tuple(q.shape)}, the model expects "
+                                 f"{tuple(expected[name].param.shape)}")
+        values = {name: q.dequantize() for name, q in state.items()}  # decode everything before changing anything
+        if self._full_precision is None:
+            self._full_precision = [e.param.detach().clone() for e in self.params]
+        self._detach_hooks()
+        with torch.no_grad():
+            for e in self.params:
+                e.param.copy_(values[e.name])
+        self._state = dict(state)
+        return dict(state)
+
+    def quantized_state(self) -> dict[str, QuantizedTensor]:
+        """The integer codes of the quantized state; raises unless :meth:`quantize` was called."""
+        if self._state is None:
+            raise ValueError("the model is in its training state: call quantizer.quantize() first")
+        return dict(self._state)
+
+    def restore_full_precision(self) -> None:
+        """Leave the quantized state: put the full-precision weights back and fake-quantize again."""
+        if self._full_precision is None:
+            return
+        with torch.no_grad():
+            for e, w in zip(self.params, self._full_precision):
+                e.param.copy_(w)
+        self._full_precision, self._state = None, None
+        self._attach_hooks()
+
+    def remove(self) -> nn.Module:
+        """Detach from the model (hooks and points removed; weights left as they are) and return it."""
+        self._detach_hooks()
+        for e in self.params:
+            if e.points is not None:
+                module, attr = e.owners[0]
+                del module._parameters[attr + POINTS_SUFFIX]
+                e.points = None
+        self.model._nmtq_quantizer = None
+        return self.model
+
+    # ------------------------------------------------------------------------------------------ size and state
+    def size(self, huffman: bool = True) -> SizeReport:
+        """Exact storage of the quantized model (codes, Huffman codes, bucket scales, full-precision rest)."""
+        quantized_ids = {id(e.param) for e in self.params} | {id(p) for p in self.point_parameters()}
+        rest: dict[str, torch.Tensor] = {}
+        seen: set[int] = set()
+        for name, t in self.model.state_dict(keep_vars=True).items():
+            if id(t) not in quantized_ids and id(t) not in seen:
+                seen.add(id(t))
+                rest[name] = t
+        return size_report(self.encode(), rest, huffman=huffman)
+
+    def state_dict(self) -> dict[str, object]:
+        """Bits per tensor and whether points are learned; the points themselves are in the model's state_dict."""
+        return {"bits": {e.name: e.bits for e in self.params}, "learn_points": self.config.learn_points}
+
+    def load_state_dict(self, state: Mapping[str, object]) -> None:
+        """Restore :meth:`state_dict` (before loading the model's own state_dict, which holds the points)."""
+        bits = dict(state["bits"])  # type: ignore[arg-type]
+        names = {e.name for e in self.params}
+        if set(bits) != names:
+            raise ValueError(f"quantizer state names {sorted(set(bits) ^ names)[:5]} do not match this model")
+        if bool(state.get("learn_points")) != self.config.learn_points:
+            raise ValueError("the saved quantizer and this one disagree on learn_points")
+        for e in self.params:
+            if e.bits != bits[e.name] and e.points is not None:
+                self._set_points(e, init_points(e.param, 2 ** bits[e.name], self.config.bucket_size, "uniform"))
+            e.bits = bits[e.name]
+        self._cache.clear()
