@@ -47,6 +47,9 @@ class QuantizedParameter:
     points: nn.Parameter | None = None
 
 
+Slot = tuple[nn.Module, str, QuantizedParameter]  # where a selected weight lives: (owner, attribute, entry)
+
+
 def _collect(model: nn.Module) -> dict[int, QuantizedParameter]:
     """Every parameter once, with all its names and owning (module, attribute) pairs, in module order."""
     found: dict[int, QuantizedParameter] = {}
@@ -134,28 +137,53 @@ class Quantizer:
         return q
 
     def _attach_hooks(self) -> None:
-        by_module: dict[int, tuple[nn.Module, list[tuple[str, QuantizedParameter]]]] = {}
-        for e in self.params:
-            for module, attr in e.owners:
-                by_module.setdefault(id(module), (module, []))[1].append((attr, e))
-        for module, owned in by_module.values():
-            self._handles.append(module.register_forward_pre_hook(self._make_pre_hook(owned)))
-            self._handles.append(module.register_forward_hook(self._make_post_hook(owned), always_call=True))
+        """Hook every module that owns a selected weight or contains one that does.
 
-    def _make_pre_hook(self, owned: list[tuple[str, QuantizedParameter]]):
+        A parent may read a child's weight without calling the child (``nn.MultiheadAttention`` reads
+        ``out_proj.weight``; tied output layers read the embedding), so the outermost module entered swaps
+        Q(w) in for everything below it, and restores it on the way out.
+        """
+        parents: dict[int, list[nn.Module]] = {}
+        for module in self.model.modules():
+            for child in module.children():
+                parents.setdefault(id(child), []).append(module)
+        below: dict[int, tuple[nn.Module, list[Slot]]] = {}
+        for e in self.params:
+            for owner, attr in e.owners:
+                todo, seen = [owner], set()
+                while todo:
+                    m = todo.pop()
+                    if id(m) not in seen:
+                        seen.add(id(m))
+                        below.setdefault(id(m), (m, []))[1].append((owner, attr, e))
+                        todo.extend(parents.get(id(m), []))
+        for module, slots in below.values():
+            swapped: list[list[Slot]] = []  # a stack, in case a module is re-entered
+            self._handles.append(module.register_forward_pre_hook(self._make_pre_hook(slots, swapped)))
+            self._handles.append(
+                module.register_forward_hook(self._make_post_hook(swapped), always_call=True)
+            )
+
+    def _make_pre_hook(self, slots: list[Slot], swapped: list[list[Slot]]):
         def pre_hook(module: nn.Module, args: tuple) -> None:
-            # Q(w) stands in the parameter's own slot for this call only, so parameter order never changes;
+            # Q(w) stands in the parameter's own slot for this call only, so names and order never change;
             # RNNs notice the new tensor and rebuild their flat weights
-            for attr, e in owned:
-                module._parameters[attr] = self._quantized_weight(e, module.training)
+            done, values = [], {}
+            for owner, attr, e in slots:
+                if owner._parameters[attr] is e.param:
+                    if id(e) not in values:
+                        values[id(e)] = self._quantized_weight(e, module.training)
+                    owner._parameters[attr] = values[id(e)]
+                    done.append((owner, attr, e))
+            swapped.append(done)
 
         return pre_hook
 
     @staticmethod
-    def _make_post_hook(owned: list[tuple[str, QuantizedParameter]]):
+    def _make_post_hook(swapped: list[list[Slot]]):
         def post_hook(module: nn.Module, args: tuple, output: object) -> None:
-            for attr, e in owned:
-                module._parameters[attr] = e.param
+            for owner, attr, e in swapped.pop() if swapped else ():
+                owner._parameters[attr] = e.param
 
         return post_hook
 

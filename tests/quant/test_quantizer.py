@@ -69,6 +69,10 @@ def check_roundtrip(model, x, **config):
     assert torch.equal(fake, expected)
     assert torch.equal(real, expected)
     assert torch.equal(back, expected)
+    # training mode (autograd on, batch statistics) sees the same Q(w)
+    model.train(), expected_model.train()
+    torch.testing.assert_close(model(x), expected_model(x), rtol=0, atol=0)
+    model.eval()
     for (name, p), (_, p0) in zip(model.named_parameters(), reference.named_parameters()):
         assert torch.equal(p, p0), f"{name} was not restored to full precision"
     return quantizer
@@ -231,3 +235,20 @@ def test_remove_restores_a_plain_model():
     quantizer.remove()
     assert set(model.state_dict()) == keys and not model.lstm._forward_pre_hooks
     Quantizer(model)  # a new quantizer may attach after remove()
+
+
+def test_weights_read_by_a_parent_are_quantized_too():
+    # nn.MultiheadAttention reads out_proj.weight without calling out_proj; nn.TransformerEncoderLayer too
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(d_model=16, nhead=2, dim_feedforward=32, dropout=0.0, batch_first=True)
+    reference = copy.deepcopy(layer).eval()
+    quantizer = Quantizer(layer, bits=2, bucket_size=32)
+    assert "self_attn.out_proj.weight" in {e.name for e in quantizer.params}
+    expected = q_copy(reference, quantizer, lambda n, w: quantize_tensor(w, 2, 32)).eval()
+    x = torch.randn(2, 5, 16)
+    layer.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), expected(x), rtol=0, atol=0)
+        # a submodule called on its own (like generate() calling the encoder) is quantized as well
+        torch.testing.assert_close(layer.linear1(x), expected.linear1(x), rtol=0, atol=0)
+    assert isinstance(layer.self_attn.out_proj.weight, nn.Parameter)
