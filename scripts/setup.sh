@@ -8,6 +8,5 @@ PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --upgrade pip 2>&1 | grep -v "is ignored" || true
-.venv/bin/python -m pip install --quiet "torch==2.13.0" -e ".[test,data]" 2>&1 | grep -v "is ignored" || true
+.venv/bin/python -m pip install --quiet "torch==2.13.0" -e ".[test,data]" 2>&1 | sed "/is ignored/d"
 .venv/bin/python -c "import nmtq, torch; print(f'nmtq {nmtq.__version__} with torch {torch.__version__} in .venv')"

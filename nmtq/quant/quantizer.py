@@ -96,6 +96,34 @@ def select_parameters(model: nn.Module, config: QuantizerConfig) -> list[Quantiz
     return chosen
 
 
+class _SwapHook:
+    """Forward hooks of one module: Q(w) into the slots at or below it that are not swapped yet, then back.
+
+    Bound methods of an object (not closures), so ``copy.deepcopy(model)`` copies the hooks, the slots and
+    the quantizer along with the model, and the copy quantizes its own weights.
+    """
+
+    def __init__(self, quantizer: Quantizer, slots: list[Slot]) -> None:
+        self.quantizer, self.slots = quantizer, slots
+        self.swapped: list[list[Slot]] = []  # a stack, in case a module is re-entered
+
+    def pre(self, module: nn.Module, args: tuple) -> None:
+        # Q(w) stands in the parameter's own slot for this call only, so names and order never change;
+        # RNNs notice the new tensor and rebuild their flat weights
+        done, values = [], {}
+        for owner, attr, e in self.slots:
+            if owner._parameters[attr] is e.param:
+                if e not in values:
+                    values[e] = self.quantizer._quantized_weight(e, module.training)
+                owner._parameters[attr] = values[e]
+                done.append((owner, attr, e))
+        self.swapped.append(done)
+
+    def post(self, module: nn.Module, args: tuple, output: object) -> None:
+        for owner, attr, e in self.swapped.pop() if self.swapped else ():
+            owner._parameters[attr] = e.param
+
+
 class Quantizer:
     """Quantizes the weights of ``model`` (see the module docstring). Keyword arguments override ``config``.
 
@@ -110,7 +138,7 @@ class Quantizer:
         for e in params:
             check_weights(e.param.detach(), name=e.name)
         self.model, self.config, self.params = model, config, params
-        self._cache: dict[int, tuple[tuple, torch.Tensor]] = {}
+        self._cache: dict[QuantizedParameter, tuple[tuple, torch.Tensor]] = {}
         self._handles: list = []
         self._full_precision: list[torch.Tensor] | None = None
         self._state: dict[str, QuantizedTensor] | None = None
@@ -126,14 +154,14 @@ class Quantizer:
         # without autograd (evaluation, generate()) reuse Q(w) until the weights or points change
         cacheable = not torch.is_grad_enabled() and not stochastic
         key = (e.param._version, e.bits, None if e.points is None else e.points._version)
-        if cacheable and id(e) in self._cache and self._cache[id(e)][0] == key:
-            return self._cache[id(e)][1]
+        if cacheable and e in self._cache and self._cache[e][0] == key:
+            return self._cache[e][1]
         if e.points is not None:
             q = quantize_with_points(e.param, e.points, self.config.bucket_size)
         else:
             q = fake_quantize(e.param, e.bits, self.config.bucket_size, self.config.scaling, stochastic)
         if cacheable:
-            self._cache[id(e)] = (key, q)
+            self._cache[e] = (key, q)
         return q
 
     def _attach_hooks(self) -> None:
@@ -158,34 +186,9 @@ class Quantizer:
                         below.setdefault(id(m), (m, []))[1].append((owner, attr, e))
                         todo.extend(parents.get(id(m), []))
         for module, slots in below.values():
-            swapped: list[list[Slot]] = []  # a stack, in case a module is re-entered
-            self._handles.append(module.register_forward_pre_hook(self._make_pre_hook(slots, swapped)))
-            self._handles.append(
-                module.register_forward_hook(self._make_post_hook(swapped), always_call=True)
-            )
-
-    def _make_pre_hook(self, slots: list[Slot], swapped: list[list[Slot]]):
-        def pre_hook(module: nn.Module, args: tuple) -> None:
-            # Q(w) stands in the parameter's own slot for this call only, so names and order never change;
-            # RNNs notice the new tensor and rebuild their flat weights
-            done, values = [], {}
-            for owner, attr, e in slots:
-                if owner._parameters[attr] is e.param:
-                    if id(e) not in values:
-                        values[id(e)] = self._quantized_weight(e, module.training)
-                    owner._parameters[attr] = values[id(e)]
-                    done.append((owner, attr, e))
-            swapped.append(done)
-
-        return pre_hook
-
-    @staticmethod
-    def _make_post_hook(swapped: list[list[Slot]]):
-        def post_hook(module: nn.Module, args: tuple, output: object) -> None:
-            for owner, attr, e in swapped.pop() if swapped else ():
-                owner._parameters[attr] = e.param
-
-        return post_hook
+            hook = _SwapHook(self, slots)
+            self._handles.append(module.register_forward_pre_hook(hook.pre))
+            self._handles.append(module.register_forward_hook(hook.post, always_call=True))
 
     def _detach_hooks(self) -> None:
         for handle in self._handles:

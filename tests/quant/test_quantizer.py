@@ -252,3 +252,25 @@ def test_weights_read_by_a_parent_are_quantized_too():
         # a submodule called on its own (like generate() calling the encoder) is quantized as well
         torch.testing.assert_close(layer.linear1(x), expected.linear1(x), rtol=0, atol=0)
     assert isinstance(layer.self_attn.out_proj.weight, nn.Parameter)
+
+
+def test_deepcopy_of_a_quantized_model_quantizes_its_own_weights():
+    torch.manual_seed(0)
+    model = TinyLSTMTagger()
+    quantizer = Quantizer(model, bits=2, bucket_size=16)
+    clone = copy.deepcopy(model)
+    assert clone._nmtq_quantizer is not quantizer and clone._nmtq_quantizer.model is clone
+    with torch.no_grad():
+        for p in clone.parameters():
+            p.mul_(-1)  # the copy's weights differ from the original's from here on
+    reference = q_copy(TinyLSTMTagger(), quantizer, lambda n, w: w)
+    reference.load_state_dict(clone.state_dict())
+    reference = q_copy(reference, quantizer, lambda n, w: quantize_tensor(w, 2, 16))
+    ids = torch.randint(0, 20, (2, 4))
+    with torch.no_grad():
+        torch.testing.assert_close(clone(ids), reference(ids), rtol=0, atol=0)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        clone(ids)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    clone._nmtq_quantizer.remove()
+    assert model.lstm._forward_pre_hooks and not clone.lstm._forward_pre_hooks

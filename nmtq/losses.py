@@ -1,0 +1,107 @@
+"""Knowledge-distillation losses as pure torch functions (no transformers import).
+
+One loss serves both the vision and the translation trainers: logits are ``(batch, vocab)`` for
+classification or ``(batch, seq, vocab)`` for a seq2seq decoder, and the loss is computed per item (per
+target token), with ``ignore_index`` positions (padding) masked out of both terms.
+
+Example:
+    >>> import torch
+    >>> logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    >>> float(distillation_loss(logits, logits, torch.tensor([0, 1]), alpha=1.0))
+    0.0
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["distillation_loss"]
+
+
+def _check(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+           alpha: float, temperature: float) -> None:
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} "
+            "differ in shape: the student and the teacher must share the vocabulary (same tokenizer, same "
+            "number of classes) and see the same batch"
+        )
+    if student_logits.dim() < 2:
+        raise ValueError(
+            f"logits must be (batch, vocab) or (batch, seq, vocab), got {tuple(student_logits.shape)}"
+        )
+    if labels.shape != student_logits.shape[:-1]:
+        raise ValueError(
+            f"labels have shape {tuple(labels.shape)}; expected {tuple(student_logits.shape[:-1])} "
+            "(the logits' shape without the vocabulary dimension)"
+        )
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha={alpha!r} must lie in [0, 1] (the weight of the distillation term)")
+    if not temperature > 0:
+        raise ValueError(f"temperature={temperature!r} must be positive (1.0 leaves the softmax unchanged)")
+
+
+def distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    alpha: float = 0.7,
+    temperature: float = 1.0,
+    ignore_index: int = -100,
+    num_items_in_batch: int | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Hinton-style distillation loss averaged over the unmasked items.
+
+    Per item ``i`` (an example, or a target token of a seq2seq batch)::
+
+        loss_i = alpha * T**2 * KL(softmax(teacher_i / T) || softmax(student_i / T))
+                 + (1 - alpha) * cross_entropy(student_i, labels_i)
+
+    Items whose label is ``ignore_index`` contribute to neither term. The sum over the other items is divided
+    by their number, or by ``num_items_in_batch`` when given (the Hugging Face Trainer passes the item count
+    of the whole accumulated batch, so that gradient accumulation gives the same gradient as one big batch).
+    The teacher logits are detached: no gradient reaches the teacher. The ``T**2`` factor keeps the
+    gradient of the soft term on the same scale whatever the temperature (Hinton et al., 2015).
+
+    Args:
+        student_logits: ``(batch, vocab)`` or ``(batch, seq, vocab)``.
+        teacher_logits: same shape as ``student_logits`` (the vocabularies must be shared).
+        labels: ``student_logits.shape[:-1]``, integer targets or ``ignore_index``.
+        alpha: weight of the distillation term, in [0, 1]; 0 gives plain cross-entropy.
+        temperature: softmax temperature ``T > 0`` of both distributions in the distillation term.
+        ignore_index: label value of the positions to mask out (padding).
+        num_items_in_batch: divide the summed loss by this instead of the number of unmasked items.
+
+    Returns:
+        A scalar tensor.
+
+    Raises:
+        ValueError: if the shapes disagree, ``alpha`` is outside [0, 1] or ``temperature`` is not positive.
+
+    Example:
+        >>> import math
+        >>> student, teacher = torch.zeros(1, 2), torch.tensor([[0.0, 100.0]])
+        >>> loss = distillation_loss(student, teacher, torch.tensor([1]), alpha=0.5)
+        >>> round(float(loss), 6) == round(0.5 * math.log(2) + 0.5 * math.log(2), 6)
+        True
+    """
+    _check(student_logits, teacher_logits, labels, alpha, temperature)
+    mask = labels != ignore_index
+    dtype = torch.promote_types(student_logits.dtype, torch.float32)  # half precision overflows exp()
+    student_logits, teacher_logits = student_logits.to(dtype), teacher_logits.detach().to(dtype)
+    per_item = student_logits.new_zeros(labels.shape)
+    if alpha > 0:
+        log_p_student = F.log_softmax(student_logits / temperature, dim=-1)
+        log_p_teacher = F.log_softmax(teacher_logits / temperature, dim=-1)
+        kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(dim=-1)
+        per_item = per_item + alpha * temperature**2 * kl
+    if alpha < 1:
+        safe_labels = torch.where(mask, labels, torch.zeros_like(labels))
+        ce = F.cross_entropy(student_logits.reshape(-1, student_logits.shape[-1]),
+                             safe_labels.reshape(-1), reduction="none").reshape(labels.shape)
+        per_item = per_item + (1 - alpha) * ce
+    total = torch.where(mask, per_item, torch.zeros_like(per_item)).sum()  # NaN-safe, unlike * mask
+    if num_items_in_batch is None:
+        return total / mask.sum().clamp(min=1)
+    return total / torch.as_tensor(num_items_in_batch, device=total.device).to(total.dtype)
