@@ -21,6 +21,7 @@ from .functional import (
     quantize_tensor,
     scaled_to_unit,
     unbucket,
+    unit_to_bucket,
 )
 
 
@@ -57,7 +58,7 @@ class _PointQuantize(torch.autograd.Function):
         v = bucket_view(w.detach().float(), bucket_size)
         ranges = bucket_ranges(v, "linear")
         idx = nearest_point(scaled_to_unit(v, ranges), points.detach().float())
-        out = torch.lerp(ranges[:, :1], ranges[:, 1:], points.detach().float()[idx])
+        out = unit_to_bucket(points.detach().float()[idx], ranges)
         ctx.save_for_backward(idx, ranges[:, 1:] - ranges[:, :1])
         ctx.bucket_size = bucket_size
         ctx.num_points = points.numel()

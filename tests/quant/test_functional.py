@@ -181,3 +181,17 @@ def test_bad_tensors():
         quantize_to_points(torch.randn(8), torch.tensor([0.5, 0.1]))
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         quantize_to_points(torch.randn(8), torch.tensor([0.0, 1.5]))
+
+
+def test_narrow_buckets_far_from_zero_keep_codes_in_range():
+    # |min| >> max - min: v * inv - min * inv would cancel catastrophically and push codes out of range
+    gen = torch.Generator().manual_seed(0)
+    w = 1000 + torch.randn(500, generator=gen) * 1e-3
+    for bits in (2, 4, 6, 8):
+        enc = encode_tensor(w, bits, 7)
+        q = quantize_tensor(w, bits, 7)
+        assert int(enc.codes.max()) <= 2**bits - 1
+        assert torch.equal(enc.dequantize(), q)
+        assert torch.equal(quantize_tensor(q, bits, 7), q)
+        for wb, qb in zip(buckets(w, 7), buckets(q, 7)):
+            assert wb.min() <= qb.min() and qb.max() <= wb.max()
