@@ -131,6 +131,9 @@ class Quantizer:
     """
 
     def __init__(self, model: nn.Module, config: QuantizerConfig | None = None, **overrides: object) -> None:
+        known = {f.name for f in dataclasses.fields(QuantizerConfig)}
+        if set(overrides) - known:
+            raise ValueError(f"unknown Quantizer option(s) {sorted(set(overrides) - known)}; valid: {sorted(known)}")
         config = dataclasses.replace(config, **overrides) if config else QuantizerConfig(**overrides)
         if getattr(model, "_nmtq_quantizer", None) is not None:
             raise ValueError("this model already has a Quantizer attached: call .remove() on it first")

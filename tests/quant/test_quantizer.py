@@ -155,6 +155,7 @@ def test_selection_patterns_min_size_first_last():
         ({"bucket_size": -1}, "bucket_size"),
         ({"learn_points": True, "scaling": "absmax"}, "learn_points"),
         ({"include": "conv*"}, "list of glob patterns"),
+        ({"bit": 4}, r"unknown Quantizer option\(s\) \['bit'\]"),
     ],
 )
 def test_bad_configs_raise_and_leave_model_untouched(kwargs, match):
