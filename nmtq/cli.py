@@ -8,6 +8,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 
 from . import __version__
@@ -48,17 +49,83 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_train(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train", add_help=False, help="Train a translation teacher from a recipe (nmtq train --help for the fields).",
+        description="nmtq train --config RECIPE.yaml [--field value ...]: fields of the recipe are overridden by "
+                    "the command line.",
+    )
+    parser.set_defaults(func=_run_train, takes_fields=True)  # --config and --field value pairs pass through
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from .args import TRAIN_ARGUMENT_CLASSES, parse_train_args
+
+    if "--help" in args.fields or "-h" in args.fields:
+        from transformers import HfArgumentParser
+
+        HfArgumentParser(TRAIN_ARGUMENT_CLASSES, prog="nmtq train").print_help()
+        return 0
+    from .train import train_teacher
+
+    train_teacher(*parse_train_args(args.fields))
+    return 0
+
+
+def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "evaluate", help="Translate a data split with a model directory; print BLEU, chrF and perplexity.",
+        description="Scores are sacreBLEU's (signature printed); hypotheses.txt and metrics.json go to --output-dir.",
+    )
+    parser.add_argument("model_dir", help="A directory with a seq2seq model and its tokenizer (save_pretrained).")
+    parser.add_argument("--data", required=True, help="Data spec, e.g. bible, tsv:test.tsv, sacrebleu:wmt14.")
+    parser.add_argument("--split", default="test", choices=("train", "validation", "test"))
+    parser.add_argument("--source-lang", default="de")
+    parser.add_argument("--target-lang", default="en")
+    parser.add_argument("--num-beams", type=_positive_int, default=4)
+    parser.add_argument("--max-new-tokens", type=_positive_int, default=128)
+    parser.add_argument("--batch-size", type=_positive_int, default=32)
+    parser.add_argument("--max-length", type=_positive_int, default=None,
+                        help="Score only pairs with at most this many pieces a side.")
+    parser.add_argument("--output-dir", default=None, help="Where hypotheses.txt and metrics.json go "
+                                                          "(default: MODEL_DIR/eval-SPLIT).")
+    parser.set_defaults(func=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate_directory, format_metrics
+
+    metrics = evaluate_directory(
+        args.model_dir, args.data, split=args.split, source_lang=args.source_lang, target_lang=args.target_lang,
+        max_length=args.max_length, num_beams=args.num_beams, max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size, output_dir=args.output_dir or f"{args.model_dir}/eval-{args.split}",
+    )
+    print(format_metrics(metrics))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with one subparser per command (``train``, ``evaluate`` and ``export`` come later)."""
     parser = argparse.ArgumentParser(
         prog="nmtq", description="Compress translation models by distillation and quantization.")
     parser.add_argument("--version", action="version", version=f"nmtq {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train(subparsers)
+    _add_evaluate(subparsers)
     _add_demo(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``nmtq`` console script and of ``python -m nmtq``; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    parser = build_parser()
+    args, fields = parser.parse_known_args(argv)
+    if getattr(args, "takes_fields", False):
+        args.fields = fields
+    elif fields:
+        parser.error(f"unrecognized arguments: {' '.join(fields)}")
+    try:
+        return args.func(args)
+    except ValueError as err:  # bad input: say what to fix, without a stack trace
+        print(f"nmtq {args.command}: error: {err}", file=sys.stderr)
+        return 2

@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .io import write_text_atomic
 from .losses import distillation_loss
 from .quant import Quantizer
 
@@ -170,18 +169,6 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file in the same directory, then rename, so no reader sees a partial file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 class _Progress:
     """One line per finished stage on stderr, with the time since the start."""
 
@@ -239,7 +226,7 @@ def run_demo(output_dir: str = "runs/demo", seed: int = 0, teacher_epochs: int =
             log(f"{rows[-1]['model']}: {rows[-1]['test_accuracy']:.2f}% test accuracy")
     table = markdown_table(rows)
     print(table)
-    _write_atomic(out / "results.md", table + "\n")
-    _write_atomic(out / "results.json", json.dumps(rows, indent=2) + "\n")
+    write_text_atomic(out / "results.md", table + "\n")
+    write_text_atomic(out / "results.json", json.dumps(rows, indent=2) + "\n")
     log(f"wrote {out / 'results.md'} and {out / 'results.json'}")
     return rows

@@ -1,0 +1,165 @@
+"""Arguments of the translation commands: dataclasses with help text, read from a flat YAML recipe and the
+command line (command-line fields override the recipe), validated before anything is written.
+
+Example:
+    >>> data, model, training = parse_train_args(["--data", "bible", "--output_dir", "/tmp/x",
+    ...                                           "--max_steps", "3"])
+    >>> data.data, model.model_type, training.max_steps
+    ('bible', 'marian', 3)
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import torch
+import yaml
+from transformers import HfArgumentParser, Seq2SeqTrainingArguments
+
+MODEL_TYPES = ("marian", "fsmt", "bart")
+
+
+@dataclass
+class DataArguments:
+    """Where the parallel text comes from and which pairs are kept."""
+
+    data: str = field(default="bible", metadata={"help": "Data spec of the corpus (see nmtq.data): bible, "
+                                                 "bible:de-en, hf:wmt16:de-en, tsv:PATH, jsonl:PATH, text:SRC,TGT."})
+    train_data: str | None = field(
+        default=None, metadata={"help": "Data spec of the training split (default: data)."})
+    validation_data: str | None = field(
+        default=None, metadata={"help": "Data spec of the validation split (default: data)."})
+    test_data: str | None = field(default=None, metadata={"help": "Data spec of the test split (default: data)."})
+    source_lang: str = field(default="de", metadata={"help": "Source language code."})
+    target_lang: str = field(default="en", metadata={"help": "Target language code."})
+    max_words: int = field(
+        default=250, metadata={"help": "Cleaning: drop pairs with a side longer than this many words."})
+    max_source_length: int = field(
+        default=128, metadata={"help": "Drop training pairs whose source has more tokenizer pieces than this."})
+    max_target_length: int = field(
+        default=128, metadata={"help": "Drop training pairs whose target has more tokenizer pieces than this."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training pairs."})
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Use at most this many validation and test pairs."})
+    test_max_length: int | None = field(
+        default=None, metadata={"help": "Score only test pairs with at most this many pieces on each side."})
+
+    def __post_init__(self) -> None:
+        from .data import parse_data_spec
+
+        for name in ("data", "train_data", "validation_data", "test_data"):
+            if getattr(self, name) is not None:
+                parse_data_spec(getattr(self, name))  # a malformed spec fails here, before anything is written
+        for name in ("max_words", "max_source_length", "max_target_length"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)}: pass a positive number")
+
+    def spec(self, split: str) -> str:
+        """The data spec of ``split`` (train, validation or test)."""
+        return getattr(self, f"{split}_data") or self.data
+
+
+@dataclass
+class ModelArguments:
+    """The model to train: a fairseq-style Transformer built from a config, or an existing checkpoint."""
+
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Start from this AutoModelForSeq2SeqLM directory or Hub id instead of a new model."})
+    tokenizer_name_or_path: str | None = field(
+        default=None, metadata={"help": "Reuse this tokenizer (default: the model's, or train a SentencePiece one)."})
+    model_type: str = field(
+        default="marian", metadata={"help": f"Architecture of a new model: {', '.join(MODEL_TYPES)}."})
+    vocab_size: int = field(default=8000, metadata={"help": "Joint SentencePiece vocabulary size of a new tokenizer."})
+    d_model: int = field(default=512, metadata={"help": "Hidden size."})
+    encoder_layers: int = field(default=6, metadata={"help": "Encoder layers."})
+    decoder_layers: int = field(default=6, metadata={"help": "Decoder layers."})
+    attention_heads: int = field(default=8, metadata={"help": "Attention heads (encoder and decoder)."})
+    ffn_dim: int = field(default=2048, metadata={"help": "Feed-forward inner size."})
+    dropout: float = field(default=0.1, metadata={"help": "Dropout."})
+    max_position_embeddings: int = field(default=512, metadata={"help": "Longest sequence in pieces."})
+    scale_embedding: bool = field(
+        default=True, metadata={"help": "Scale embeddings by sqrt(d_model); without it a model trained from scratch "
+                                        "ignores the source (see ../shared/DATA.md)."})
+
+    def __post_init__(self) -> None:
+        if self.model_type not in MODEL_TYPES:
+            raise ValueError(f"model_type={self.model_type!r}: pass one of {', '.join(MODEL_TYPES)}")
+        if self.d_model % self.attention_heads:
+            raise ValueError(f"d_model={self.d_model} must be divisible by attention_heads={self.attention_heads}")
+
+
+@dataclass
+class NmtTrainingArguments(Seq2SeqTrainingArguments):
+    """Hugging Face's Seq2SeqTrainingArguments plus a time budget and generation settings for the test set."""
+
+    max_train_minutes: float | None = field(
+        default=None, metadata={"help": "Stop training after this many minutes (all processes stop together)."})
+    num_beams: int = field(default=4, metadata={"help": "Beam size for the test-set translation."})
+    max_new_tokens: int = field(default=128, metadata={"help": "Longest translation, in pieces."})
+
+    def __post_init__(self) -> None:
+        if self.report_to == "auto":
+            self.report_to = "tensorboard" if importlib.util.find_spec("tensorboard") else "none"
+        if not self.use_cpu and not torch.cuda.is_available() and not torch.backends.mps.is_available():
+            # without it, `accelerate launch --multi_gpu` on a CPU-only machine gives each process a world of one
+            self.use_cpu = True
+        if self.use_cpu:
+            self.dataloader_pin_memory = False  # pinning needs an accelerator
+        super().__post_init__()
+        if self.max_train_minutes is not None and self.max_train_minutes <= 0:
+            raise ValueError(f"max_train_minutes={self.max_train_minutes}: pass a positive number of minutes")
+
+
+TRAIN_ARGUMENT_CLASSES = (DataArguments, ModelArguments, NmtTrainingArguments)
+
+
+def _known_fields(classes: tuple[type, ...]) -> set[str]:
+    return {f.name for cls in classes for f in fields(cls)}
+
+
+def read_recipe(path: str | Path, classes: tuple[type, ...] = TRAIN_ARGUMENT_CLASSES) -> dict:
+    """A flat YAML recipe as a dict, with a clear error for a missing file or an unknown field."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(
+            f"recipe {str(path)!r} does not exist: pass a YAML file such as recipes/bible-de-en-teacher.yaml")
+    recipe = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(recipe, dict):
+        raise ValueError(f"recipe {str(path)!r} must be a flat YAML mapping of argument fields to values")
+    known = _known_fields(classes)
+    for key in recipe:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ValueError(f"recipe {str(path)!r}: unknown field {key!r}{hint}")
+    return recipe
+
+
+def parse_train_args(argv: list[str] | None = None, classes: tuple[type, ...] = TRAIN_ARGUMENT_CLASSES):
+    """Parse ``[--config RECIPE.yaml] [--field value ...]`` into the argument dataclasses."""
+    argv = list(argv or [])
+    recipe: dict = {}
+    if "--config" in argv:
+        i = argv.index("--config")
+        if i + 1 >= len(argv):
+            raise ValueError("--config needs a YAML recipe path")
+        recipe = read_recipe(argv[i + 1], classes)
+        argv = argv[:i] + argv[i + 2:]
+    parser = HfArgumentParser(classes)
+    defaults = {"report_to": "auto", "logging_steps": 50, "save_total_limit": 2, "output_dir": "runs/teacher"}
+    parser.set_defaults(**{**defaults, **recipe})
+    parsed, unknown = parser.parse_known_args(argv)
+    if unknown:
+        known = ["--" + name for name in sorted(_known_fields(classes))]
+        close = difflib.get_close_matches(unknown[0], known, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown argument {unknown[0]!r}{hint} (run `nmtq train --help` for the fields)")
+    outputs = []
+    for cls in classes:
+        names = {f.name for f in fields(cls) if f.init}
+        outputs.append(cls(**{k: v for k, v in vars(parsed).items() if k in names}))
+    return tuple(outputs)

@@ -1,0 +1,312 @@
+"""Translate a test set and score it: sacreBLEU BLEU and chrF, perplexity of the references, and speed.
+
+Works for any ``AutoModelForSeq2SeqLM`` (Marian, FSMT, BART) with its tokenizer. Scores match the
+``sacrebleu`` command line (default 13a tokenizer, mixed case) and carry its signatures, so they are comparable
+across papers; multiple reference sets are passed as one list per set, as in ``sacrebleu.corpus_bleu``.
+
+Example:
+    >>> metrics = evaluate_directory("runs/teacher", "bible", split="test")  # doctest: +SKIP
+    >>> print(format_metrics(metrics))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .io import write_json_atomic, write_text_atomic
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+
+
+@contextlib.contextmanager
+def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode and no autograd for the duration; the caller's train/eval mode is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def _length_sorted_batches(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
+    """Indices in batches of ``batch_size``, longest first, so each batch pads little.
+
+    Example:
+        >>> list(_length_sorted_batches([1, 5, 3, 4], batch_size=2))
+        [[1, 3], [2, 0]]
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}: pass a positive number of sentences per batch")
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])  # stable: ties keep their input order
+    for start in range(0, len(order), batch_size):
+        yield order[start:start + batch_size]
+
+
+def _max_source_length(model: Any, tokenizer: Any) -> int:
+    """The longest input both the tokenizer and the model's position embeddings accept."""
+    limits = [tokenizer.model_max_length, getattr(model.config, "max_position_embeddings", None)]
+    return min(limit for limit in limits if limit)
+
+
+def _pad(rows: Sequence[Sequence[int]], value: int) -> torch.Tensor:
+    """Right-pad lists of ids into a (rows, longest) tensor."""
+    return torch.nn.utils.rnn.pad_sequence([torch.tensor(row) for row in rows], batch_first=True, padding_value=value)
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="sent", disable=not enabled)
+
+
+def translate(model: Any, tokenizer: Any, sources: list[str], num_beams: int = 4, max_new_tokens: int = 128,
+              batch_size: int = 32, progress: bool = True) -> list[str]:
+    """Translate ``sources`` with ``model.generate`` in batches; returns one detokenized string per source, in order.
+
+    Sources are batched by length (longest first) to save padding, then put back in their input order. Sources
+    longer than the model accepts are truncated. The model runs on its own device and is left in the train/eval
+    mode it came in.
+
+    Example:
+        >>> translate(model, tokenizer, ["Das Haus ist klein."], num_beams=4)  # doctest: +SKIP
+        ['The house is small.']
+    """
+    if not sources:
+        return []
+    input_ids = tokenizer(list(sources), truncation=True, max_length=_max_source_length(model, tokenizer))["input_ids"]
+    hypotheses: list[str] = [""] * len(sources)
+    with _eval_mode(model), _progress(len(sources), "translate", progress) as bar:
+        for batch in _length_sorted_batches([len(ids) for ids in input_ids], batch_size):
+            padded = tokenizer.pad({"input_ids": [input_ids[i] for i in batch]}, return_tensors="pt")
+            output = model.generate(**padded.to(model.device), num_beams=num_beams, max_new_tokens=max_new_tokens)
+            for i, text in zip(batch, tokenizer.batch_decode(output, skip_special_tokens=True)):
+                hypotheses[i] = text
+            bar.update(len(batch))
+    return hypotheses
+
+
+def _summed_nll(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> float:
+    """Sum over all non-padding target tokens of -log p(token | source, previous tokens)."""
+    # decoder inputs built by the model's own shift: FSMT would shift the *source* if only labels were passed
+    decoder_input_ids = model.prepare_decoder_input_ids_from_labels(labels=labels.clone())
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids).logits
+    nll = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100,
+                                            reduction="sum")
+    return nll.item()
+
+
+def perplexity(model: Any, tokenizer: Any, sources: list[str], references: list[str], batch_size: int = 32,
+               progress: bool = True) -> float:
+    """exp of the mean negative log-likelihood per reference token, by teacher forcing.
+
+    Every target token counts once, ``</s>`` included and padding excluded: the NLL is summed over the whole
+    corpus and divided by its number of target tokens, so long sentences weigh more than short ones.
+
+    Example:
+        >>> perplexity(model, tokenizer, ["Das Haus ist klein."], ["The house is small."])  # doctest: +SKIP
+        3.21
+    """
+    _check_lengths(sources, {"references": references})
+    if not sources:
+        raise ValueError("perplexity of no sentences: pass at least one source/reference pair")
+    encoded = tokenizer(list(sources), text_target=list(references), truncation=True,
+                        max_length=_max_source_length(model, tokenizer))
+    total_nll, total_tokens = 0.0, 0
+    with _eval_mode(model), _progress(len(sources), "perplexity", progress) as bar:
+        for batch in _length_sorted_batches([len(ids) for ids in encoded["labels"]], batch_size):
+            padded = tokenizer.pad({"input_ids": [encoded["input_ids"][i] for i in batch]}, return_tensors="pt")
+            labels = _pad([encoded["labels"][i] for i in batch], value=-100)
+            padded, labels = padded.to(model.device), labels.to(model.device)
+            total_nll += _summed_nll(model, padded["input_ids"], padded["attention_mask"], labels)
+            total_tokens += int((labels != -100).sum())
+            bar.update(len(batch))
+    return math.exp(total_nll / total_tokens)
+
+
+def _check_lengths(hypotheses: Sequence[str], named_streams: dict[str, Sequence[Any]]) -> None:
+    for name, stream in named_streams.items():
+        if len(stream) != len(hypotheses):
+            raise ValueError(f"{name} has {len(stream)} lines but there are {len(hypotheses)} sentences to score: "
+                             f"pass one line per sentence, in the same order")
+
+
+def _reference_streams(references: list[str] | list[list[str]]) -> list[list[str]]:
+    """One list per reference set; a plain list of strings is a single set."""
+    if not references or isinstance(references[0], str):
+        return [list(references)]
+    return [list(stream) for stream in references]
+
+
+def corpus_scores(hypotheses: list[str], references: list[str] | list[list[str]]) -> dict[str, Any]:
+    """Corpus BLEU (13a tokenizer) and chrF from sacreBLEU, with their signatures and BLEU's details.
+
+    ``references`` is one list of strings, or a list of reference sets (each a list as long as
+    ``hypotheses``) for multi-reference scoring.
+
+    Example:
+        >>> scores = corpus_scores(["the cat sat on the mat"], ["the cat sat on a mat"])
+        >>> round(scores["bleu"], 2), round(scores["chrf"], 2), scores["bleu_signature"].split("|version")[0]
+        (53.73, 72.08, 'nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp')
+    """
+    from sacrebleu.metrics import BLEU, CHRF
+
+    streams = _reference_streams(references)
+    _check_lengths(hypotheses, {f"reference set {k}": stream for k, stream in enumerate(streams)})
+    if not hypotheses:
+        raise ValueError("no sentences to score: pass at least one hypothesis and its reference(s)")
+    bleu_metric, chrf_metric = BLEU(), CHRF()
+    bleu = bleu_metric.corpus_score(list(hypotheses), streams)
+    chrf = chrf_metric.corpus_score(list(hypotheses), streams)
+    return {
+        "bleu": bleu.score,
+        "chrf": chrf.score,
+        # signatures are read after scoring: the number of references is only known then
+        "bleu_signature": str(bleu_metric.get_signature()),
+        "chrf_signature": str(chrf_metric.get_signature()),
+        "bleu_details": {
+            "precisions": list(bleu.precisions), "brevity_penalty": bleu.bp, "length_ratio": bleu.ratio,
+            "hypothesis_length": bleu.sys_len, "reference_length": bleu.ref_len,
+        },
+    }
+
+
+def evaluate_model(model: Any, tokenizer: Any, sources: list[str], references: list[str] | list[list[str]],
+                   num_beams: int = 4, max_new_tokens: int = 128, batch_size: int = 32,
+                   output_dir: str | os.PathLike | None = None, progress: bool = True) -> dict[str, Any]:
+    """Translate ``sources`` and return BLEU, chrF, perplexity and speed in one JSON-serializable dict.
+
+    Perplexity is that of the first reference set. ``tokens_per_second`` counts the target pieces of the
+    hypotheses (``</s>`` included, as the tokenizer encodes them) per second of ``generate`` wall time. With
+    ``output_dir``, ``hypotheses.txt`` (one line per source, in order) and ``metrics.json`` are written there.
+
+    Example:
+        >>> metrics = evaluate_model(model, tokenizer, sources, references, output_dir="runs/eval")  # doctest: +SKIP
+        >>> sorted(metrics)[:3]  # doctest: +SKIP
+        ['bleu', 'bleu_details', 'bleu_signature']
+    """
+    streams = _reference_streams(references)
+    _check_lengths(sources, {f"reference set {k}": stream for k, stream in enumerate(streams)})
+    if not sources:
+        raise ValueError("no sentences to evaluate: pass at least one source and its reference(s)")
+    start = time.perf_counter()
+    hypotheses = translate(model, tokenizer, sources, num_beams, max_new_tokens, batch_size, progress)
+    seconds = time.perf_counter() - start
+    generated_tokens = sum(len(ids) for ids in tokenizer(text_target=hypotheses)["input_ids"])
+    metrics = {
+        **corpus_scores(hypotheses, streams),
+        "perplexity": perplexity(model, tokenizer, sources, streams[0], batch_size, progress),
+        "num_sentences": len(sources),
+        "num_references": len(streams),
+        "num_beams": num_beams,
+        "generated_tokens": generated_tokens,
+        "generation_seconds": seconds,
+        "tokens_per_second": generated_tokens / max(seconds, 1e-9),
+    }
+    if output_dir is not None:
+        output_dir = Path(output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        # a hypothesis holding a line break would shift every later line of the file
+        write_text_atomic(output_dir / "hypotheses.txt", "".join(" ".join(h.splitlines()) + "\n" for h in hypotheses))
+        write_json_atomic(output_dir / "metrics.json", metrics)
+    return metrics
+
+
+def _check_model_dir(model_dir: Path) -> None:
+    if not model_dir.is_dir():
+        raise ValueError(f"model directory {str(model_dir)!r} does not exist: pass a directory written by "
+                         f"nmtq or save_pretrained (config.json, model.safetensors and the tokenizer files)")
+    if not (model_dir / "config.json").is_file():
+        raise ValueError(f"{str(model_dir)!r} has no config.json: pass a directory written by save_pretrained")
+    if not any((model_dir / name).is_file() for name in WEIGHT_FILES):
+        found = sorted(p.name for p in model_dir.iterdir())
+        raise ValueError(
+            f"{str(model_dir)!r} holds no safetensors weights ({' or '.join(WEIGHT_FILES)}; found {found}): "
+            f"save the model with save_pretrained, or convert a pytorch_model.bin you trust by loading it with "
+            f"use_safetensors=False and saving it again")
+
+
+def keep_short_pairs(tokenizer: Any, sources: list[str], targets: list[str],
+                      max_length: int) -> tuple[list[str], list[str]]:
+    """Keep the pairs whose source and target each have at most ``max_length`` pieces (``</s>`` not counted)."""
+    source_ids = tokenizer(sources, add_special_tokens=False)["input_ids"]
+    target_ids = tokenizer(text_target=targets, add_special_tokens=False)["input_ids"]
+    kept = [i for i in range(len(sources)) if len(source_ids[i]) <= max_length and len(target_ids[i]) <= max_length]
+    return [sources[i] for i in kept], [targets[i] for i in kept]
+
+
+def evaluate_directory(model_dir: str | os.PathLike, data_spec: str, split: str = "test", source_lang: str = "de",
+                       target_lang: str = "en", max_length: int | None = None, max_words: int | None = None,
+                       num_beams: int = 4, max_new_tokens: int = 128, batch_size: int = 32,
+                       output_dir: str | os.PathLike | None = None, device: str | None = None,
+                       progress: bool = True) -> dict[str, Any]:
+    """Load a saved model and tokenizer, load ``split`` of ``data_spec`` through ``nmtq.data``, and evaluate.
+
+    ``max_words`` is passed to ``load_corpus`` (``None``: no cleaning by word count). ``max_length`` then keeps
+    only the pairs whose source and target each have at most that many tokenizer pieces; ``metrics["data"]`` says
+    how many pairs were read and kept, with the cleaning report. ``device`` defaults to CUDA when available.
+
+    Example:
+        >>> evaluate_directory("runs/teacher", "bible", max_length=30, output_dir="runs/teacher/eval")  # doctest: +SKIP
+    """
+    from .models import load_model
+    from .tokenizer import load_tokenizer
+
+    model_dir = Path(model_dir)
+    _check_model_dir(model_dir)
+    from .data import load_corpus  # imported on use: the rest of this module works without the data module
+
+    tokenizer = load_tokenizer(model_dir)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_model(model_dir).to(device)
+    dataset, report = load_corpus(data_spec, split=split, source_lang=source_lang, target_lang=target_lang,
+                                  max_words=max_words)
+    sources, targets = list(dataset["source"]), list(dataset["target"])
+    num_pairs = len(sources)
+    if max_length is not None:
+        sources, targets = keep_short_pairs(tokenizer, sources, targets, max_length)
+    if not sources:
+        raise ValueError(f"no pairs of {data_spec!r} ({split}) left to evaluate out of {num_pairs}: "
+                         f"raise max_length (now {max_length}) or check the data")
+    metrics = evaluate_model(model, tokenizer, sources, targets, num_beams=num_beams, max_new_tokens=max_new_tokens,
+                             batch_size=batch_size, output_dir=output_dir, progress=progress)
+    metrics["model_dir"] = str(model_dir)
+    metrics["data"] = {"spec": str(data_spec), "split": split, "num_pairs": num_pairs, "num_kept": len(sources),
+                       "max_length": max_length,
+                       "cleaning": dataclasses.asdict(report) if dataclasses.is_dataclass(report) else report}
+    if output_dir is not None:  # written again, atomically, now with the model and data fields
+        write_json_atomic(Path(output_dir) / "metrics.json", metrics)
+    return metrics
+
+
+def format_metrics(metrics: dict[str, Any]) -> str:
+    """A short human-readable block: BLEU, chrF, perplexity, sentence count and the sacreBLEU signatures.
+
+    Example:
+        >>> print(format_metrics({"bleu": 27.31, "chrf": 55.02, "perplexity": 6.5, "num_sentences": 123,
+        ...                       "bleu_signature": "nrefs:1|tok:13a", "chrf_signature": "nrefs:1|nc:6"}))
+        BLEU        27.3  (nrefs:1|tok:13a)
+        chrF        55.0  (nrefs:1|nc:6)
+        perplexity  6.50
+        sentences   123
+    """
+    lines = [
+        f"BLEU        {metrics['bleu']:.1f}  ({metrics['bleu_signature']})",
+        f"chrF        {metrics['chrf']:.1f}  ({metrics['chrf_signature']})",
+    ]
+    if "perplexity" in metrics:
+        lines.append(f"perplexity  {metrics['perplexity']:.2f}")
+    lines.append(f"sentences   {metrics['num_sentences']}")
+    if "tokens_per_second" in metrics:
+        lines.append(f"speed       {metrics['tokens_per_second']:.0f} target tokens/s (beam {metrics['num_beams']})")
+    return "\n".join(lines)

@@ -1,0 +1,66 @@
+"""Seq2seq Transformers built from arguments (Marian, FSMT or BART configs), or loaded from a checkpoint.
+
+Example:
+    >>> from nmtq.args import ModelArguments
+    >>> model = build_model(ModelArguments(d_model=16, encoder_layers=1, decoder_layers=1, attention_heads=2,
+    ...                                    ffn_dim=32, max_position_embeddings=32), vocab_size=10,
+    ...                     pad_token_id=9, eos_token_id=0)
+    >>> type(model).__name__, model.config.decoder_start_token_id
+    ('MarianMTModel', 9)
+"""
+
+from __future__ import annotations
+
+import os
+
+from .args import ModelArguments
+from .hub import require_hub
+
+
+def build_model(args: ModelArguments, vocab_size: int, pad_token_id: int, eos_token_id: int,
+                source_lang: str = "de", target_lang: str = "en"):
+    """A new, randomly initialised seq2seq Transformer of ``args.model_type`` over a shared vocabulary.
+
+    Marian starts decoding from ``<pad>`` (as OPUS-MT does); BART and FSMT from ``</s>`` (as fairseq does).
+    Source and target embeddings are shared (one joint vocabulary).
+    """
+    from transformers import (
+        BartConfig,
+        BartForConditionalGeneration,
+        FSMTConfig,
+        FSMTForConditionalGeneration,
+        MarianConfig,
+        MarianMTModel,
+    )
+
+    sizes = dict(d_model=args.d_model, encoder_layers=args.encoder_layers, decoder_layers=args.decoder_layers,
+                 encoder_attention_heads=args.attention_heads, decoder_attention_heads=args.attention_heads,
+                 encoder_ffn_dim=args.ffn_dim, decoder_ffn_dim=args.ffn_dim, dropout=args.dropout,
+                 max_position_embeddings=args.max_position_embeddings, scale_embedding=args.scale_embedding,
+                 pad_token_id=pad_token_id, eos_token_id=eos_token_id, forced_eos_token_id=eos_token_id)
+    if args.model_type == "marian":
+        config = MarianConfig(vocab_size=vocab_size, decoder_start_token_id=pad_token_id,
+                              share_encoder_decoder_embeddings=True, **sizes)
+        return MarianMTModel(config)
+    if args.model_type == "bart":
+        config = BartConfig(vocab_size=vocab_size, bos_token_id=eos_token_id, decoder_start_token_id=eos_token_id,
+                            **sizes)
+        return BartForConditionalGeneration(config)
+    config = FSMTConfig(langs=[source_lang, target_lang], src_vocab_size=vocab_size, tgt_vocab_size=vocab_size,
+                        bos_token_id=eos_token_id, decoder_start_token_id=eos_token_id, tie_word_embeddings=True,
+                        **sizes)
+    return FSMTForConditionalGeneration(config)
+
+
+def load_model(name_or_path: str | os.PathLike):
+    """``AutoModelForSeq2SeqLM.from_pretrained`` from safetensors only, with a clear error when it fails."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    require_hub(str(name_or_path), "model")
+    try:
+        return AutoModelForSeq2SeqLM.from_pretrained(str(name_or_path), use_safetensors=True)
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"could not load a seq2seq model from {str(name_or_path)!r}: pass a directory written by "
+            f"save_pretrained with model.safetensors, or a Hub id when online ({err})"
+        ) from err

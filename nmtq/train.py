@@ -1,0 +1,191 @@
+"""Train a full-precision translation teacher with ``Seq2SeqTrainer``, then score it on the test split.
+
+    nmtq train --config recipes/bible-de-en-teacher.yaml [--field value ...]
+    accelerate launch --multi_gpu --num_processes 2 -m nmtq train --config recipes/bible-de-en-teacher.yaml
+
+Steps: load and clean the corpus (nmtq.data), train or reuse a joint SentencePiece tokenizer (saved in
+``output_dir``), build a Marian/FSMT/BART Transformer from the arguments or load a checkpoint, train
+(checkpoints in ``output_dir``; ``--resume_from_checkpoint last`` resumes), save the model, translate the test
+split with beam search and print sacreBLEU BLEU and chrF and the perplexity.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import torch
+from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, TrainerCallback
+
+from .args import DataArguments, ModelArguments, NmtTrainingArguments
+from .io import write_json_atomic
+from .models import build_model, load_model
+from .tokenizer import load_tokenizer, train_tokenizer
+
+SPLITS = ("train", "validation", "test")
+
+
+class EpochsThisRun(TrainerCallback):
+    """Epochs covered by this run alone (a resumed run starts past zero), for the throughput."""
+
+    def __init__(self) -> None:
+        self.start = 0.0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = state.epoch or 0.0
+
+    def covered(self, state) -> float:
+        return (state.epoch or 0.0) - self.start
+
+
+class TimeBudget(TrainerCallback):
+    """Stop training once ``minutes`` have passed; every process takes the same decision."""
+
+    def __init__(self, minutes: float) -> None:
+        self.seconds, self.start = minutes * 60, time.monotonic()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        over = torch.tensor(float(time.monotonic() - self.start > self.seconds))
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            if torch.distributed.get_backend() == "nccl":
+                over = over.cuda()
+            torch.distributed.all_reduce(over, op=torch.distributed.ReduceOp.MAX)  # rank 0's clock may lag
+        if over.item() > 0:
+            control.should_training_stop = True
+        return control
+
+
+def load_splits(data_args: DataArguments, log) -> dict:
+    """Cleaned train/validation/test datasets (columns ``source``, ``target``); cleaning reports are logged."""
+    from .data import load_corpus
+
+    splits = {}
+    for split in SPLITS:
+        dataset, report = load_corpus(data_args.spec(split), split, data_args.source_lang, data_args.target_lang,
+                                      data_args.max_words)
+        limit = data_args.max_train_samples if split == "train" else data_args.max_eval_samples
+        if limit is not None and len(dataset) > limit:
+            dataset = dataset.select(range(limit))
+        log(f"{split}: {data_args.spec(split)}: {report}" + (f"; using {len(dataset):,}" if limit else ""))
+        splits[split] = dataset
+    return splits
+
+
+def get_tokenizer(model_args: ModelArguments, data_args: DataArguments, train_set, output_dir: str):
+    """The tokenizer named by the arguments, the model's own, the one already in ``output_dir``, or a new one."""
+    name = model_args.tokenizer_name_or_path or model_args.model_name_or_path
+    if name:
+        return load_tokenizer(name)
+    if (Path(output_dir) / "tokenizer_config.json").exists():
+        return load_tokenizer(output_dir)  # a resumed run must keep its vocabulary
+    texts = (text for row in train_set for text in (row["source"], row["target"]))
+    return train_tokenizer(texts, output_dir, model_args.vocab_size, data_args.source_lang, data_args.target_lang)
+
+
+def tokenize(dataset, tokenizer, max_source_length: int, max_target_length: int, drop_long: bool):
+    """Token ids and labels; with ``drop_long``, pairs longer than the limits are dropped, never truncated."""
+    def encode(batch):
+        return tokenizer(batch["source"], text_target=batch["target"])
+
+    encoded = dataset.map(encode, batched=True, remove_columns=dataset.column_names, desc="tokenizing")
+    if drop_long:
+        encoded = encoded.filter(
+            lambda ids, labels: len(ids) <= max_source_length and len(labels) <= max_target_length,
+            input_columns=["input_ids", "labels"], desc="length filter")
+    return encoded
+
+
+def last_complete_checkpoint(output_dir: str) -> str | None:
+    """The newest ``checkpoint-N`` with its ``trainer_state.json``, which the Trainer writes last: a run killed
+    while saving leaves a partial directory, and resuming skips it."""
+    steps = []
+    for path in Path(output_dir).glob("checkpoint-*") if os.path.isdir(output_dir) else ():
+        if path.name.split("-")[-1].isdigit() and (path / "trainer_state.json").is_file():
+            steps.append((int(path.name.split("-")[-1]), str(path)))
+    return max(steps)[1] if steps else None
+
+
+def resolve_checkpoint(training_args: NmtTrainingArguments) -> str | None:
+    """``--resume_from_checkpoint last`` (or true) means the newest checkpoint in ``output_dir``."""
+    value = training_args.resume_from_checkpoint
+    if value is None or str(value).lower() in ("false", "none", ""):
+        return None
+    if str(value).lower() in ("last", "true"):
+        last = last_complete_checkpoint(training_args.output_dir)
+        if last is None:
+            raise ValueError(f"--resume_from_checkpoint {value}: no complete checkpoint-* directory in "
+                             f"{training_args.output_dir!r}; start without it")
+        return last
+    if not os.path.isdir(value):
+        raise ValueError(f"--resume_from_checkpoint {value!r} is not a directory")
+    return value
+
+
+def train_teacher(data_args: DataArguments, model_args: ModelArguments, training_args: NmtTrainingArguments) -> dict:
+    """Train (or resume) a teacher and return its test metrics (also written to ``output_dir/test``)."""
+    is_main = training_args.process_index == 0
+
+    def log(message: str) -> None:
+        if is_main:
+            print(f"[nmtq] {message}", flush=True)
+
+    checkpoint = resolve_checkpoint(training_args)
+    splits = load_splits(data_args, log)
+    with training_args.main_process_first(desc="tokenizer"):
+        tokenizer = get_tokenizer(model_args, data_args, splits["train"], training_args.output_dir)
+    log(f"tokenizer: {len(tokenizer):,} ids")
+    train_set = tokenize(splits["train"], tokenizer, data_args.max_source_length, data_args.max_target_length, True)
+    eval_set = tokenize(splits["validation"], tokenizer, data_args.max_source_length,
+                        data_args.max_target_length, True)
+    log(f"training pairs within {data_args.max_source_length}/{data_args.max_target_length} pieces: "
+        f"{len(train_set):,} of {len(splits['train']):,}")
+    if len(train_set) == 0:
+        raise ValueError("no training pair is short enough: raise max_source_length / max_target_length")
+    if model_args.model_name_or_path:
+        model = load_model(model_args.model_name_or_path)
+    else:
+        model = build_model(model_args, len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id,
+                            data_args.source_lang, data_args.target_lang)
+    log(f"model: {type(model).__name__}, {sum(p.numel() for p in model.parameters()):,} parameters; "
+        f"processes: {training_args.world_size} ({training_args.distributed_state.distributed_type})")
+    epochs = EpochsThisRun()
+    callbacks = [epochs] + ([TimeBudget(training_args.max_train_minutes)] if training_args.max_train_minutes else [])
+    trainer = Seq2SeqTrainer(
+        model=model, args=training_args, train_dataset=train_set,
+        eval_dataset=eval_set if training_args.eval_strategy != "no" else None,
+        data_collator=DataCollatorForSeq2Seq(tokenizer, model=model), processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.save_model(training_args.output_dir)
+    target_tokens = sum(len(labels) for labels in train_set["labels"]) * epochs.covered(trainer.state)
+    throughput = target_tokens / max(result.metrics["train_runtime"], 1e-9)
+    log(f"trained {trainer.state.global_step} steps in {result.metrics['train_runtime']:.0f} s: "
+        f"{throughput:,.0f} target tokens/s")
+    metrics: dict = {}
+    if trainer.is_world_process_zero():
+        metrics = score_test_split(trainer.model, tokenizer, splits["test"], data_args, training_args, log)
+        metrics["train_target_tokens_per_second"] = round(throughput, 1)
+        metrics["train_runtime_seconds"] = round(result.metrics["train_runtime"], 1)
+        write_json_atomic(Path(training_args.output_dir) / "test" / "metrics.json", metrics)
+    training_args.distributed_state.wait_for_everyone()
+    return metrics
+
+
+def score_test_split(model, tokenizer, test_set, data_args: DataArguments, training_args: NmtTrainingArguments,
+                     log) -> dict:
+    """Translate the test split with beam search and score it (BLEU, chrF, perplexity)."""
+    from .evaluation import evaluate_model, format_metrics, keep_short_pairs
+
+    sources, references = list(test_set["source"]), list(test_set["target"])
+    if data_args.test_max_length:
+        sources, references = keep_short_pairs(tokenizer, sources, references, data_args.test_max_length)
+        log(f"test pairs with at most {data_args.test_max_length} pieces a side: {len(sources):,} of {len(test_set):,}")
+    model.eval()
+    metrics = evaluate_model(model, tokenizer, sources, references, num_beams=training_args.num_beams,
+                             max_new_tokens=training_args.max_new_tokens,
+                             batch_size=training_args.per_device_eval_batch_size,
+                             output_dir=Path(training_args.output_dir) / "test")
+    log("test split:\n" + format_metrics(metrics))
+    return metrics

@@ -1,0 +1,25 @@
+"""Shared fixtures: a tiny parallel corpus on disk and tiny model sizes, so training tests take seconds."""
+
+import pytest
+
+GERMAN = ["ein Haus", "das Haus ist groß", "der Mann geht", "die Frau liest", "ein Kind spielt", "das Buch ist alt",
+          "der Hund schläft", "die Sonne scheint", "ein Baum wächst", "das Wasser ist kalt", "der Tag ist lang",
+          "die Nacht ist kurz"]
+ENGLISH = ["a house", "the house is big", "the man walks", "the woman reads", "a child plays", "the book is old",
+           "the dog sleeps", "the sun shines", "a tree grows", "the water is cold", "the day is long",
+           "the night is short"]
+
+# fields of `nmtq train` for a model that trains in a second
+TINY = ["--vocab_size", "60", "--d_model", "16", "--encoder_layers", "1", "--decoder_layers", "1",
+        "--attention_heads", "2", "--ffn_dim", "32", "--max_position_embeddings", "64",
+        "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4", "--learning_rate", "1e-2",
+        "--logging_steps", "1", "--num_beams", "2", "--max_new_tokens", "8", "--report_to", "none",
+        "--disable_tqdm", "true", "--seed", "0"]
+
+
+@pytest.fixture
+def tiny_tsv(tmp_path):
+    """Twelve German-English pairs, repeated, as a TSV file: a corpus small enough to overfit in seconds."""
+    path = tmp_path / "pairs.tsv"
+    path.write_text("".join(f"{de}\t{en}\n" for de, en in zip(GERMAN, ENGLISH)) * 1, encoding="utf-8")
+    return path

@@ -1,0 +1,157 @@
+"""`nmtq train` and `nmtq evaluate` end to end on a tiny corpus: recipes, CLI, resume, architectures, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import TINY
+
+from nmtq.args import parse_train_args, read_recipe
+from nmtq.cli import main
+
+RECIPES = sorted(Path(__file__).resolve().parents[1].joinpath("recipes").glob("*.yaml"))
+
+
+def train_argv(data: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", "--data", f"tsv:{data}", "--output_dir", str(out), *TINY, *extra]
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+def test_every_recipe_parses(recipe, tmp_path):
+    fields = read_recipe(recipe)
+    assert fields["data"] and fields["output_dir"].startswith("runs/")
+    data, model, training = parse_train_args(["--config", str(recipe), "--output_dir", str(tmp_path), "--bf16",
+                                              "false"])
+    assert data.data == fields["data"] and model.d_model == fields["d_model"]
+    assert training.output_dir == str(tmp_path)  # the command line overrides the recipe
+
+
+def test_train_then_evaluate_through_the_cli(tiny_tsv, tmp_path, capsys):
+    out = tmp_path / "teacher"
+    assert main(train_argv(tiny_tsv, out, "--max_steps", "6", "--save_steps", "3")) == 0
+    printed = capsys.readouterr().out
+    assert "processes: 1" in printed and "BLEU" in printed and "chrF" in printed
+    metrics = json.loads((out / "test" / "metrics.json").read_text())
+    assert {"bleu", "chrf", "perplexity", "train_target_tokens_per_second"} <= set(metrics)
+    assert len((out / "test" / "hypotheses.txt").read_text().splitlines()) == 12
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer_config.json").is_file()
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
+    # evaluate the saved directory on its own: same data, same decoding, same scores
+    assert main(["evaluate", str(out), "--data", f"tsv:{tiny_tsv}", "--num-beams", "2", "--max-new-tokens", "8",
+                 "--output-dir", str(tmp_path / "eval")]) == 0
+    again = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert again["bleu"] == metrics["bleu"] and again["chrf"] == metrics["chrf"]
+    assert again["perplexity"] == pytest.approx(metrics["perplexity"], rel=1e-5)
+
+
+@pytest.mark.parametrize("model_type", ["fsmt", "bart"])
+def test_other_architectures_train_and_translate(model_type, tiny_tsv, tmp_path):
+    out = tmp_path / model_type
+    assert main(train_argv(tiny_tsv, out, "--model_type", model_type, "--max_steps", "2", "--save_strategy",
+                           "no")) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == model_type
+    assert json.loads((out / "test" / "metrics.json").read_text())["num_sentences"] == 12
+
+
+def complete_checkpoints(out: Path) -> list[int]:
+    return sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*") if (p / "trainer_state.json").exists())
+
+
+def test_a_killed_run_resumes_from_its_last_complete_checkpoint(tiny_tsv, tmp_path):
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "nmtq", *train_argv(tiny_tsv, out, "--save_steps", "2")]
+    proc = subprocess.Popen([*argv, "--max_steps", "100000"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(step >= 4 for step in complete_checkpoints(out)):
+            assert proc.poll() is None and time.monotonic() < deadline, "training never wrote checkpoint-4"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # as a crash or a pre-empted job would: no chance to clean up
+        proc.wait()
+    last = max(complete_checkpoints(out))
+    (out / f"checkpoint-{last + 1000}").mkdir()  # a checkpoint cut off while being written
+    result = subprocess.run([*argv, "--max_steps", str(last + 2), "--resume_from_checkpoint", "last"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    state = json.loads((out / f"checkpoint-{last + 2}" / "trainer_state.json").read_text())
+    assert state["global_step"] == last + 2
+    # the resumed run continued from the checkpoint's step instead of starting again at step 1
+    steps = [entry["step"] for entry in state["log_history"] if "loss" in entry]
+    assert steps[0] == 1 and steps[-2:] == [last + 1, last + 2] and len(steps) == len(set(steps))
+
+
+def test_two_process_accelerate_launch_on_cpu(tiny_tsv, tmp_path):
+    out = tmp_path / "ddp"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_port", "29517", "-m", "nmtq"]
+    result = subprocess.run([*launch, *train_argv(tiny_tsv, out, "--max_steps", "3", "--save_strategy", "no")],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "processes: 2 (DistributedType.MULTI_CPU)" in result.stdout
+    assert (out / "model.safetensors").is_file() and (out / "test" / "metrics.json").is_file()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--max_stepz", "3"], "unknown argument '--max_stepz'; did you mean --max_steps"),
+        (["--data", "csv:x.csv"], "csv"),
+        (["--model_type", "t5"], "model_type='t5'"),
+        (["--d_model", "30", "--attention_heads", "4"], "divisible"),
+        (["--resume_from_checkpoint", "last"], "no complete checkpoint-"),
+    ],
+)
+def test_bad_arguments_fail_before_anything_is_written(argv, message, tiny_tsv, tmp_path, capsys):
+    out = tmp_path / "never"
+    assert main(["train", "--data", f"tsv:{tiny_tsv}", "--output_dir", str(out), *TINY, *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_bad_recipes(tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("data: bible\nlearning_rat: 0.1\n")
+    assert main(["train", "--config", str(recipe)]) == 2
+    assert "unknown field 'learning_rat'; did you mean learning_rate" in capsys.readouterr().err
+    assert main(["train", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_bad_data_fails_before_anything_is_written(tmp_path, capsys):
+    source, target = tmp_path / "a.de", tmp_path / "a.en"
+    source.write_text("eins\nzwei\n")
+    target.write_text("one\n")
+    out = tmp_path / "never"
+    assert main(["train", "--data", f"text:{source},{target}", "--output_dir", str(out), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert str(source) in err and "2" in err and "1" in err
+    assert not out.exists()
+
+
+def test_an_unreachable_hub_id_is_a_clear_error(monkeypatch, tiny_tsv, tmp_path, capsys):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr("nmtq.hub.reachable", lambda url, timeout=5.0: False)
+    out = tmp_path / "never"
+    argv = ["train", "--data", f"tsv:{tiny_tsv}", "--output_dir", str(out), "--model_name_or_path",
+            "Helsinki-NLP/opus-mt-de-en", *TINY]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "'Helsinki-NLP/opus-mt-de-en' is not a local directory" in err and "could not be reached" in err
+    assert not out.exists()
+
+
+def test_a_local_teacher_directory_is_loaded_and_trained_further(tiny_tsv, tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert main(train_argv(tiny_tsv, first, "--max_steps", "2", "--save_strategy", "no")) == 0
+    assert main(train_argv(tiny_tsv, second, "--model_name_or_path", str(first), "--max_steps", "2",
+                           "--save_strategy", "no")) == 0
+    assert (second / "vocab.json").read_text() == (first / "vocab.json").read_text()  # its own tokenizer reused
