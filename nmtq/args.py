@@ -139,7 +139,8 @@ def read_recipe(path: str | Path, classes: tuple[type, ...] = TRAIN_ARGUMENT_CLA
     return recipe
 
 
-def parse_train_args(argv: list[str] | None = None, classes: tuple[type, ...] = TRAIN_ARGUMENT_CLASSES):
+def parse_train_args(argv: list[str] | None = None, classes: tuple[type, ...] = TRAIN_ARGUMENT_CLASSES,
+                     output_dir: str = "runs/teacher"):
     """Parse ``[--config RECIPE.yaml] [--field value ...]`` into the argument dataclasses."""
     argv = list(argv or [])
     recipe: dict = {}
@@ -150,7 +151,7 @@ def parse_train_args(argv: list[str] | None = None, classes: tuple[type, ...] = 
         recipe = read_recipe(argv[i + 1], classes)
         argv = argv[:i] + argv[i + 2:]
     parser = HfArgumentParser(classes)
-    defaults = {"report_to": "auto", "logging_steps": 50, "save_total_limit": 2, "output_dir": "runs/teacher"}
+    defaults = {"report_to": "auto", "logging_steps": 50, "save_total_limit": 2, "output_dir": output_dir}
     parser.set_defaults(**{**defaults, **recipe})
     parsed, unknown = parser.parse_known_args(argv)
     if unknown:

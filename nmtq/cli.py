@@ -72,6 +72,29 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_distill(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "distill", add_help=False,
+        help="Distil a teacher into a shallower, quantized student (nmtq distill --help for the fields).",
+    )
+    parser.set_defaults(func=_run_distill, takes_fields=True)
+
+
+def _run_distill(args: argparse.Namespace) -> int:
+    from .distill import DISTILL_ARGUMENT_CLASSES
+
+    if "--help" in args.fields or "-h" in args.fields:
+        from transformers import HfArgumentParser
+
+        HfArgumentParser(DISTILL_ARGUMENT_CLASSES, prog="nmtq distill").print_help()
+        return 0
+    from .args import parse_train_args
+    from .distill import distill
+
+    distill(*parse_train_args(args.fields, DISTILL_ARGUMENT_CLASSES, output_dir="runs/student"))
+    return 0
+
+
 def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "evaluate", help="Translate a data split with a model directory; print BLEU, chrF and perplexity.",
@@ -111,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"nmtq {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train(subparsers)
+    _add_distill(subparsers)
     _add_evaluate(subparsers)
     _add_demo(subparsers)
     return parser
@@ -126,6 +150,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(fields)}")
     try:
         return args.func(args)
-    except ValueError as err:  # bad input: say what to fix, without a stack trace
+    except (ValueError, FloatingPointError) as err:  # say what to fix, without a stack trace
         print(f"nmtq {args.command}: error: {err}", file=sys.stderr)
         return 2

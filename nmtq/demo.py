@@ -138,9 +138,9 @@ def quantized_distillation(student: nn.Module, teacher_logits: torch.Tensor, dat
 def differentiable_quantization(student: nn.Module, teacher_logits: torch.Tensor, data: Digits, bits: int,
                                 epochs: int, lr: float = 1e-3, seed: int = 0) -> Quantizer:
     """A copy of ``student`` with frozen weights whose quantization points are learned (training state)."""
-    model = copy.deepcopy(student).requires_grad_(False)
+    model = copy.deepcopy(student)
     quantizer = Quantizer(model, bits=bits, bucket_size=BUCKET_SIZE, learn_points=True)
-    points = list(quantizer.point_parameters())
+    points = quantizer.train_points_only()
     train(model, data.x_train, data.y_train, epochs, lr, seed, teacher_logits=teacher_logits, params=points,
           quantizer=quantizer)
     return quantizer

@@ -56,6 +56,8 @@ def load_model(name_or_path: str | os.PathLike):
     """``AutoModelForSeq2SeqLM.from_pretrained`` from safetensors only, with a clear error when it fails."""
     from transformers import AutoModelForSeq2SeqLM
 
+    from . import lstm  # noqa: F401  registers the LSTM student with the Auto classes
+
     require_hub(str(name_or_path), "model")
     try:
         return AutoModelForSeq2SeqLM.from_pretrained(str(name_or_path), use_safetensors=True)

@@ -32,11 +32,11 @@ class QuantizerConfig:
     stochastic: bool = field(
         default=False, metadata={"help": "Unbiased stochastic rounding in training mode (eval always rounds)."}
     )
-    include: tuple[str, ...] = field(
-        default=("*",), metadata={"help": "Glob patterns of parameter names to quantize."}
+    include: list[str] = field(
+        default_factory=lambda: ["*"], metadata={"help": "Glob patterns of parameter names to quantize."}
     )
-    exclude: tuple[str, ...] = field(
-        default=(), metadata={"help": "Glob patterns of parameter names to keep in full precision."}
+    exclude: list[str] = field(
+        default_factory=list, metadata={"help": "Glob patterns of parameter names to keep in full precision."}
     )
     min_size: int = field(
         default=1, metadata={"help": "Quantize only parameters with at least this many elements."}
@@ -44,6 +44,11 @@ class QuantizerConfig:
     quantize_vectors: bool = field(
         default=False,
         metadata={"help": "Also quantize 1-D parameters (biases, norm weights); kept in full precision by default."},
+    )
+    quantize_frozen: bool = field(
+        default=False,
+        metadata={"help": "Also quantize parameters with requires_grad=False (fixed tables such as sinusoidal "
+                          "positions are skipped by default)."},
     )
     keep_first_last: bool = field(
         default=False,
@@ -67,7 +72,7 @@ class QuantizerConfig:
         check_bucket_size(self.bucket_size)
         if isinstance(self.include, str) or isinstance(self.exclude, str):
             raise ValueError("include and exclude take a list of glob patterns, e.g. ['*.weight'], not a string")
-        self.include, self.exclude = tuple(self.include), tuple(self.exclude)
+        self.include, self.exclude = list(self.include), list(self.exclude)
         if not self.include:
             raise ValueError("include is empty, so nothing would be quantized: pass at least one pattern, e.g. '*'")
         if isinstance(self.min_size, bool) or not isinstance(self.min_size, int) or self.min_size < 0:

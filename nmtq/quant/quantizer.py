@@ -77,11 +77,12 @@ def select_parameters(model: nn.Module, config: QuantizerConfig) -> list[Quantiz
                 )
 
     def wanted(e: QuantizedParameter) -> bool:
-        def hit(patterns: tuple[str, ...]) -> bool:
+        def hit(patterns: list[str]) -> bool:
             return any(fnmatch.fnmatchcase(a, p) for a in e.aliases for p in patterns)
 
         return (hit(config.include) and not hit(config.exclude) and e.param.is_floating_point()
-                and e.param.numel() >= config.min_size and (e.param.dim() >= 2 or config.quantize_vectors))
+                and e.param.numel() >= config.min_size and (e.param.dim() >= 2 or config.quantize_vectors)
+                and (e.param.requires_grad or config.quantize_frozen))
 
     chosen = [e for e in entries if wanted(e)]
     if config.keep_first_last:
@@ -89,7 +90,7 @@ def select_parameters(model: nn.Module, config: QuantizerConfig) -> list[Quantiz
     if not chosen:
         raise ValueError(
             f"no parameter of {type(model).__name__} is selected for quantization: check include/exclude, "
-            "min_size, quantize_vectors and keep_first_last"
+            "min_size, quantize_vectors, quantize_frozen and keep_first_last"
         )
     for e in chosen:
         e.bits = config.bits
@@ -204,6 +205,17 @@ class Quantizer:
         module, attr = e.owners[0]
         e.points = nn.Parameter(points.to(e.param.device))
         module.register_parameter(attr + POINTS_SUFFIX, e.points)
+
+    def train_points_only(self) -> list[nn.Parameter]:
+        """Differentiable quantization: freeze every parameter of the model but the learned points; return them."""
+        if not self.config.learn_points:
+            raise ValueError("this quantizer has no learned points: create it with learn_points=True")
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        points = list(self.point_parameters())
+        for p in points:
+            p.requires_grad_(True)
+        return points
 
     def point_parameters(self) -> Iterator[nn.Parameter]:
         """The learnable points (``learn_points=True``), for the optimizer of differentiable quantization."""

@@ -143,6 +143,12 @@ def test_selection_patterns_min_size_first_last():
     q.remove()
     q = Quantizer(model, quantize_vectors=True, include=("bn.*",))
     assert [e.name for e in q.params] == ["bn.weight", "bn.bias"]
+    q.remove()
+    model.conv2.weight.requires_grad_(False)  # a fixed table, like sinusoidal positions
+    q = Quantizer(model)
+    assert [e.name for e in q.params] == ["conv1.weight", "fc.weight"]
+    q.remove()
+    assert "conv2.weight" in [e.name for e in Quantizer(model, quantize_frozen=True).params]
 
 
 @pytest.mark.parametrize(

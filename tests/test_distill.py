@@ -1,0 +1,193 @@
+"""`nmtq distill`: the distillation trainer, students built from a teacher, every method end to end."""
+
+import copy
+import json
+
+import pytest
+import torch
+from conftest import ENGLISH, GERMAN, TINY
+from transformers import DataCollatorForSeq2Seq
+
+from nmtq.args import parse_train_args
+from nmtq.cli import main
+from nmtq.distill import DISTILL_ARGUMENT_CLASSES, DistillationTrainer
+from nmtq.models import load_model
+from nmtq.quant import Quantizer, quantize_tensor
+from nmtq.student import make_student, spread_layers
+from nmtq.tokenizer import load_tokenizer
+
+# TINY without the architecture fields, which a student takes from its teacher
+TRAINING = [a for pair in zip(TINY[::2], TINY[1::2]) if pair[0] not in (
+    "--vocab_size", "--d_model", "--encoder_layers", "--decoder_layers", "--attention_heads", "--ffn_dim",
+    "--max_position_embeddings") for a in pair]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "pairs.tsv"
+    path.write_text("".join(f"{de}\t{en}\n" for de, en in zip(GERMAN, ENGLISH)), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("teacher")
+    assert main(["train", "--data", f"tsv:{corpus}", "--output_dir", str(out), *TINY, "--encoder_layers", "3",
+                 "--decoder_layers", "3", "--max_steps", "40", "--save_strategy", "no"]) == 0
+    return out
+
+
+def distill_argv(corpus, teacher_dir, out, *extra):
+    return ["distill", "--data", f"tsv:{corpus}", "--teacher", str(teacher_dir), "--output_dir", str(out),
+            "--student_encoder_layers", "1", "--student_decoder_layers", "2", "--bits", "4", "--bucket_size", "16",
+            *TRAINING, *extra]
+
+
+def test_spread_layers():
+    assert spread_layers(6, 3) == [0, 3, 5] and spread_layers(6, 1) == [5] and spread_layers(4, 4) == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="between 1 and 6"):
+        spread_layers(6, 7)
+
+
+def test_student_copies_embeddings_and_a_spread_of_layers(teacher_dir):
+    teacher = load_model(teacher_dir)
+    student = make_student(teacher, encoder_layers=1, decoder_layers=2)
+    t, s = teacher.state_dict(), student.state_dict()
+    assert torch.equal(s["model.shared.weight"], t["model.shared.weight"])
+    assert torch.equal(s["model.encoder.layers.0.fc1.weight"], t["model.encoder.layers.2.fc1.weight"])
+    assert torch.equal(s["model.decoder.layers.1.fc1.weight"], t["model.decoder.layers.2.fc1.weight"])
+    assert student.lm_head.weight is student.model.shared.weight  # still tied
+    scratch = make_student(teacher, encoder_layers=1, decoder_layers=1, init="scratch")
+    assert not torch.equal(scratch.state_dict()["model.shared.weight"], t["model.shared.weight"])
+
+
+def trainer_for(teacher_dir, corpus, tmp_path, student, quantizer=None, alpha=0.7):
+    data, distill_args, _, training = parse_train_args(
+        ["--data", f"tsv:{corpus}", "--teacher", str(teacher_dir), "--output_dir", str(tmp_path), *TRAINING,
+         "--max_steps", "3", "--save_strategy", "no"], DISTILL_ARGUMENT_CLASSES)
+    tokenizer = load_tokenizer(teacher_dir)
+    features = tokenizer(GERMAN, text_target=ENGLISH)
+    rows = [{k: features[k][i] for k in features} for i in range(len(GERMAN))]
+    trainer = DistillationTrainer(model=student, args=training, train_dataset=rows,
+                                  data_collator=DataCollatorForSeq2Seq(tokenizer, model=student),
+                                  processing_class=tokenizer, teacher=load_model(teacher_dir), alpha=alpha,
+                                  temperature=2.0, quantizer=quantizer)
+    return trainer, trainer.data_collator(rows[:4])
+
+
+def test_gradients_reach_only_the_student(teacher_dir, corpus, tmp_path):
+    student = make_student(load_model(teacher_dir), 1, 1)
+    trainer, batch = trainer_for(teacher_dir, corpus, tmp_path, student)
+    loss = trainer.compute_loss(student, batch, num_items_in_batch=int((batch["labels"] != -100).sum()))
+    loss.backward()
+    assert all(p.grad is not None for p in student.parameters() if p.requires_grad)
+    assert all(p.grad is None and not p.requires_grad for p in trainer.teacher.parameters())
+    assert not trainer.teacher.training
+
+
+def test_quantized_marian_student_outputs_equal_a_copy_holding_q_of_w(teacher_dir):
+    student = make_student(load_model(teacher_dir), 1, 1).eval()
+    reference = copy.deepcopy(student)
+    quantizer = Quantizer(student, bits=3, bucket_size=16)
+    with torch.no_grad():
+        for name, p in reference.named_parameters():
+            if name in {e.name for e in quantizer.params}:
+                p.copy_(quantize_tensor(p, 3, 16))
+    ids = torch.tensor([[5, 6, 7, 0]])
+    decoder = torch.tensor([[student.config.decoder_start_token_id, 8, 9]])
+    with torch.no_grad():
+        torch.testing.assert_close(student(input_ids=ids, decoder_input_ids=decoder).logits,
+                                   reference(input_ids=ids, decoder_input_ids=decoder).logits, rtol=0, atol=0)
+        assert torch.equal(student.generate(ids, num_beams=2, max_new_tokens=5),
+                           reference.generate(ids, num_beams=2, max_new_tokens=5))
+    # tied embedding and output layer are one quantized tensor
+    assert sum(e.name.endswith("shared.weight") for e in quantizer.params) == 1
+
+
+def test_dq_changes_points_and_not_weights(teacher_dir, corpus, tmp_path):
+    student = make_student(load_model(teacher_dir), 1, 1)
+    quantizer = Quantizer(student, bits=2, bucket_size=16, learn_points=True)
+    quantizer.train_points_only()
+    weights = {k: v.clone() for k, v in student.state_dict().items() if not k.endswith("_quant_points")}
+    points = [p.detach().clone() for p in quantizer.point_parameters()]
+    trainer, _ = trainer_for(teacher_dir, corpus, tmp_path, student, quantizer)
+    trainer.args.learning_rate = 1e-2
+    trainer.train()
+    after = student.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in weights.items())
+    moved = [not torch.equal(p, q) for p, q in zip(quantizer.point_parameters(), points)]
+    assert any(moved)
+    assert all(torch.all(p[1:] >= p[:-1]) for p in quantizer.point_parameters())
+
+
+def test_nan_loss_stops_with_a_clear_message(teacher_dir, corpus, tmp_path):
+    student = make_student(load_model(teacher_dir), 1, 1)
+    with torch.no_grad():
+        student.lm_head.weight.fill_(float("nan"))
+    trainer, batch = trainer_for(teacher_dir, corpus, tmp_path, student)
+    with pytest.raises(FloatingPointError, match="last good checkpoint"):
+        trainer.compute_loss(student, batch)
+
+
+@pytest.mark.parametrize("method", ["fp", "kd", "qd"])
+def test_methods_from_scratch_run_end_to_end(method, corpus, teacher_dir, tmp_path):
+    out = tmp_path / method
+    assert main(distill_argv(corpus, teacher_dir, out, "--method", method, "--max_steps", "3",
+                             "--save_strategy", "no")) == 0
+    metrics = json.loads((out / "test" / "metrics.json").read_text())
+    assert metrics["method"] == method and metrics["encoder_layers"] == 1 and metrics["decoder_layers"] == 2
+    assert metrics["bits"] == (4 if method == "qd" else 32)
+    assert (out / "quantization.json").is_file() == (method == "qd")
+    assert load_model(out).config.encoder_layers == 1
+
+
+def test_ptq_and_dq_start_from_a_trained_student_and_shrink_it(corpus, teacher_dir, tmp_path):
+    kd = tmp_path / "kd"
+    assert main(distill_argv(corpus, teacher_dir, kd, "--method", "kd", "--max_steps", "3",
+                             "--save_strategy", "no")) == 0
+    sizes = {}
+    for method in ("ptq", "dq"):
+        out = tmp_path / method
+        assert main(distill_argv(corpus, teacher_dir, out, "--method", method, "--student_name_or_path", str(kd),
+                                 "--bits", "2", "--max_steps", "2", "--save_strategy", "no")) == 0
+        sizes[method] = json.loads((out / "test" / "metrics.json").read_text())
+    fp = json.loads((kd / "test" / "metrics.json").read_text())
+    assert sizes["ptq"]["bytes"] < fp["bytes"] / 4 and sizes["dq"]["bytes"] > sizes["ptq"]["bytes"]  # + points
+    # the saved weights are the decoded codes: at most 4 distinct values per bucket of 16
+    weight = load_model(tmp_path / "ptq").model.encoder.layers[0].fc1.weight.detach().reshape(-1, 16)
+    assert max(len(torch.unique(row)) for row in weight) <= 4
+
+
+def test_resume_restores_the_quantizer_state(corpus, teacher_dir, tmp_path):
+    out = tmp_path / "qd"
+    argv = distill_argv(corpus, teacher_dir, out, "--method", "qd", "--mean_bits", "3", "--save_steps", "2")
+    assert main([*argv, "--max_steps", "2"]) == 0
+    saved = json.loads((out / "checkpoint-2" / "quantizer.json").read_text())
+    assert set(saved["bits"].values()) <= set(range(1, 9)) and len(set(saved["bits"].values())) > 1
+    assert main([*argv, "--max_steps", "4", "--resume_from_checkpoint", "last"]) == 0
+    assert json.loads((out / "checkpoint-4" / "quantizer.json").read_text()) == saved
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--method", "ptq"], "pass --student_name_or_path"),
+        (["--method", "int4"], "method='int4'"),
+        (["--alpha", "1.5"], "alpha"),
+        (["--bits", "0"], "bits"),
+    ],
+)
+def test_bad_distill_arguments(extra, message, corpus, teacher_dir, tmp_path, capsys):
+    out = tmp_path / "never"
+    assert main(distill_argv(corpus, teacher_dir, out, *extra)) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_student_with_another_vocabulary_is_refused(corpus, teacher_dir, tmp_path, capsys):
+    other = tmp_path / "other"
+    assert main(["train", "--data", f"tsv:{corpus}", "--output_dir", str(other), *TINY, "--vocab_size", "40",
+                 "--max_steps", "1", "--save_strategy", "no"]) == 0
+    assert main(distill_argv(corpus, teacher_dir, tmp_path / "never", "--method", "ptq", "--student_name_or_path",
+                             str(other))) == 2
+    assert "shared target vocabulary" in capsys.readouterr().err
