@@ -55,6 +55,9 @@ class DistillArguments:
     student_decoder_layers: int | None = field(default=None, metadata={"help": "Student decoder layers."})
     student_d_model: int | None = field(default=None, metadata={"help": "Student width (default: the teacher's)."})
     student_ffn_dim: int | None = field(default=None, metadata={"help": "Student feed-forward size."})
+    student_type: str = field(default="transformer", metadata={"help": "'transformer' (a shallower copy of the "
+                                                                       "teacher) or 'lstm' (nmtq.lstm, from scratch)."})
+    student_hidden_size: int = field(default=512, metadata={"help": "LSTM student: hidden size."})
     student_init: str = field(default="teacher", metadata={"help": "'teacher' (its embeddings and a spread of its "
                                                                    "layers) or 'scratch'."})
     mean_bits: float | None = field(
@@ -69,6 +72,8 @@ class DistillArguments:
                              "(a directory written by nmtq distill --method kd, say)")
         if not 0 <= self.alpha <= 1 or self.temperature <= 0:
             raise ValueError(f"need 0 <= alpha <= 1 and temperature > 0, got {self.alpha}, {self.temperature}")
+        if self.student_type not in ("transformer", "lstm"):
+            raise ValueError(f"student_type={self.student_type!r}: pass 'transformer' or 'lstm'")
         if self.student_init not in ("teacher", "scratch"):
             raise ValueError(f"student_init={self.student_init!r}: pass 'teacher' or 'scratch'")
 
@@ -137,6 +142,16 @@ def build_student(distill_args: DistillArguments, teacher):
     """The trained student to start from, or a shallower copy of the teacher."""
     if distill_args.student_name_or_path:
         student = load_model(distill_args.student_name_or_path)
+    elif distill_args.student_type == "lstm":
+        from .lstm import LstmForConditionalGeneration, LstmSeq2SeqConfig
+
+        config = teacher.config
+        student = LstmForConditionalGeneration(LstmSeq2SeqConfig(
+            vocab_size=teacher.get_output_embeddings().weight.shape[0], d_model=distill_args.student_d_model or 256,
+            hidden_size=distill_args.student_hidden_size, encoder_layers=distill_args.student_encoder_layers or 1,
+            decoder_layers=distill_args.student_decoder_layers or 1, pad_token_id=config.pad_token_id,
+            eos_token_id=config.eos_token_id, decoder_start_token_id=config.decoder_start_token_id,
+            max_position_embeddings=config.max_position_embeddings))
     else:
         student = make_student(teacher, distill_args.student_encoder_layers, distill_args.student_decoder_layers,
                                distill_args.student_d_model, distill_args.student_ffn_dim, distill_args.student_init)
@@ -188,7 +203,7 @@ def distill(data_args: DataArguments, distill_args: DistillArguments, quant_conf
     splits = load_splits(data_args, log)
     teacher, tokenizer = load_model(distill_args.teacher), load_tokenizer(distill_args.teacher)
     student = build_student(distill_args, teacher)
-    log(f"teacher {sum(p.numel() for p in teacher.parameters()):,} parameters; student "
+    log(f"teacher {sum(p.numel() for p in teacher.parameters()):,} parameters; {type(student).__name__} student "
         f"{student.config.encoder_layers}+{student.config.decoder_layers} layers, "
         f"{sum(p.numel() for p in student.parameters()):,} parameters; method {distill_args.method}")
     train_set = tokenize(splits["train"], tokenizer, data_args.max_source_length, data_args.max_target_length, True)

@@ -141,6 +141,16 @@ def test_methods_from_scratch_run_end_to_end(method, corpus, teacher_dir, tmp_pa
     assert load_model(out).config.encoder_layers == 1
 
 
+def test_an_lstm_student_is_distilled_and_quantized(corpus, teacher_dir, tmp_path):
+    out = tmp_path / "lstm"
+    assert main(distill_argv(corpus, teacher_dir, out, "--method", "qd", "--student_type", "lstm",
+                             "--student_d_model", "16", "--student_hidden_size", "16", "--max_steps", "3",
+                             "--save_strategy", "no")) == 0
+    metrics = json.loads((out / "test" / "metrics.json").read_text())
+    assert metrics["num_sentences"] == 12 and metrics["bits"] == 4
+    assert type(load_model(out)).__name__ == "LstmForConditionalGeneration"
+
+
 def test_ptq_and_dq_start_from_a_trained_student_and_shrink_it(corpus, teacher_dir, tmp_path):
     kd = tmp_path / "kd"
     assert main(distill_argv(corpus, teacher_dir, kd, "--method", "kd", "--max_steps", "3",

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from conftest import TINY
 
-from nmtq.args import parse_train_args, read_recipe
+from nmtq.args import TRAIN_ARGUMENT_CLASSES, parse_train_args, read_recipe
 from nmtq.cli import main
+from nmtq.distill import DISTILL_ARGUMENT_CLASSES
 
 RECIPES = sorted(Path(__file__).resolve().parents[1].joinpath("recipes").glob("*.yaml"))
 
@@ -23,12 +24,12 @@ def train_argv(data: Path, out: Path, *extra: str) -> list[str]:
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
 def test_every_recipe_parses(recipe, tmp_path):
-    fields = read_recipe(recipe)
+    classes = DISTILL_ARGUMENT_CLASSES if "student" in recipe.name else TRAIN_ARGUMENT_CLASSES
+    fields = read_recipe(recipe, classes)
     assert fields["data"] and fields["output_dir"].startswith("runs/")
-    data, model, training = parse_train_args(["--config", str(recipe), "--output_dir", str(tmp_path), "--bf16",
-                                              "false"])
-    assert data.data == fields["data"] and model.d_model == fields["d_model"]
-    assert training.output_dir == str(tmp_path)  # the command line overrides the recipe
+    parsed = parse_train_args(["--config", str(recipe), "--output_dir", str(tmp_path), "--bf16", "false"], classes)
+    assert parsed[0].data == fields["data"]
+    assert parsed[-1].output_dir == str(tmp_path)  # the command line overrides the recipe
 
 
 def test_train_then_evaluate_through_the_cli(tiny_tsv, tmp_path, capsys):
