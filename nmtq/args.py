@@ -103,7 +103,7 @@ class NmtTrainingArguments(Seq2SeqTrainingArguments):
 
     def __post_init__(self) -> None:
         if self.report_to == "auto":
-            self.report_to = "tensorboard" if importlib.util.find_spec("tensorboard") else "none"
+            self.report_to = "tensorboard" if tensorboard_available() else "none"
         if not self.use_cpu and not torch.cuda.is_available() and not torch.backends.mps.is_available():
             # without it, `accelerate launch --multi_gpu` on a CPU-only machine gives each process a world of one
             self.use_cpu = True
@@ -112,6 +112,10 @@ class NmtTrainingArguments(Seq2SeqTrainingArguments):
         super().__post_init__()
         if self.max_train_minutes is not None and self.max_train_minutes <= 0:
             raise ValueError(f"max_train_minutes={self.max_train_minutes}: pass a positive number of minutes")
+
+
+def tensorboard_available() -> bool:
+    return importlib.util.find_spec("tensorboard") is not None
 
 
 TRAIN_ARGUMENT_CLASSES = (DataArguments, ModelArguments, NmtTrainingArguments)

@@ -34,7 +34,15 @@ from .models import load_model
 from .quant import Quantizer, QuantizerConfig, SizeReport, size_report
 from .student import make_student
 from .tokenizer import load_tokenizer
-from .train import EpochsThisRun, TimeBudget, load_splits, resolve_checkpoint, score_test_split, tokenize
+from .train import (
+    EpochsThisRun,
+    TimeBudget,
+    load_splits,
+    main_process_logger,
+    resolve_checkpoint,
+    score_test_split,
+    tokenize,
+)
 
 METHODS = ("fp", "kd", "ptq", "qd", "dq")
 QUANTIZER_STATE = "quantizer.json"
@@ -163,11 +171,16 @@ def build_student(distill_args: DistillArguments, teacher):
     return student
 
 
+def not_stored(model) -> set[str]:
+    """State-dict entries that ``save_pretrained`` leaves out (recomputed on load): not counted in any size."""
+    return set(getattr(model, "_keys_to_ignore_on_save", None) or ())
+
+
 def fp32_size(model) -> SizeReport:
-    """Size of ``model`` with every tensor in full precision, each tied tensor once."""
+    """Size of ``model`` with every stored tensor in full precision, each tied tensor once."""
     seen, tensors = set(), {}
     for name, tensor in model.state_dict(keep_vars=True).items():
-        if id(tensor) not in seen:
+        if id(tensor) not in seen and name not in not_stored(model):
             seen.add(id(tensor))
             tensors[name] = tensor
     return size_report({}, tensors)
@@ -187,18 +200,10 @@ def allocate_bits_by_gradient(quantizer: Quantizer, student, teacher, batches, m
     return bits
 
 
-def _log(training_args: NmtTrainingArguments):
-    def log(message: str) -> None:
-        if training_args.process_index == 0:
-            print(f"[nmtq] {message}", flush=True)
-
-    return log
-
-
 def distill(data_args: DataArguments, distill_args: DistillArguments, quant_config: QuantizerConfig,
             training_args: NmtTrainingArguments) -> dict:
     """Distil and/or quantize a student as ``distill_args.method`` says; return its test metrics and size."""
-    log = _log(training_args)
+    log = main_process_logger(training_args)
     checkpoint = resolve_checkpoint(training_args)
     splits = load_splits(data_args, log)
     teacher, tokenizer = load_model(distill_args.teacher), load_tokenizer(distill_args.teacher)
@@ -249,7 +254,7 @@ def _finish(student, teacher, tokenizer, quantizer, test_set, data_args, distill
     student = student.module if hasattr(student, "module") else student
     if quantizer is not None:
         quantizer.quantize()
-        size = quantizer.size()
+        size = quantizer.size(not_stored=not_stored(student))
         quantization = {"config": dataclasses.asdict(quantizer.config), **quantizer.state_dict()}
         quantizer.remove()  # hooks and points go; the weights now hold Q(w)
     else:

@@ -60,9 +60,19 @@ def load_model(name_or_path: str | os.PathLike):
 
     require_hub(str(name_or_path), "model")
     try:
-        return AutoModelForSeq2SeqLM.from_pretrained(str(name_or_path), use_safetensors=True)
+        model = AutoModelForSeq2SeqLM.from_pretrained(str(name_or_path), use_safetensors=True)
     except (OSError, ValueError) as err:
         raise ValueError(
             f"could not load a seq2seq model from {str(name_or_path)!r}: pass a directory written by "
             f"save_pretrained with model.safetensors, or a Hub id when online ({err})"
         ) from err
+    freeze_fixed_tables(model)
+    return model
+
+
+def freeze_fixed_tables(model) -> None:
+    """Sinusoidal position tables are fixed, but loading makes them trainable again: freeze them, so they are
+    neither trained nor quantized (the quantizer skips frozen parameters), whichever way the model was made."""
+    for module in model.modules():
+        if "Sinusoidal" in type(module).__name__:
+            module.requires_grad_(False)

@@ -122,14 +122,18 @@ def resolve_checkpoint(training_args: NmtTrainingArguments) -> str | None:
     return value
 
 
-def train_teacher(data_args: DataArguments, model_args: ModelArguments, training_args: NmtTrainingArguments) -> dict:
-    """Train (or resume) a teacher and return its test metrics (also written to ``output_dir/test``)."""
-    is_main = training_args.process_index == 0
-
+def main_process_logger(training_args: NmtTrainingArguments):
+    """``log(message)`` that prints on the main process only."""
     def log(message: str) -> None:
-        if is_main:
+        if training_args.process_index == 0:
             print(f"[nmtq] {message}", flush=True)
 
+    return log
+
+
+def train_teacher(data_args: DataArguments, model_args: ModelArguments, training_args: NmtTrainingArguments) -> dict:
+    """Train (or resume) a teacher and return its test metrics (also written to ``output_dir/test``)."""
+    log = main_process_logger(training_args)
     checkpoint = resolve_checkpoint(training_args)
     splits = load_splits(data_args, log)
     with training_args.main_process_first(desc="tokenizer"):

@@ -18,12 +18,12 @@ from nmtq.cli import main as nmtq
 from nmtq.io import write_text_atomic
 
 
-def run(recipe: str, teacher: str, out: Path, method: str, bits: int, extra: list[str],
+def run(recipe: str, teacher: str, out: Path, method: str, bits: int | None, extra: list[str],
         student: Path | None = None) -> dict:
     metrics_file = out / "test" / "metrics.json"
     if not metrics_file.exists():  # finished runs are kept: the script can be re-run after an interruption
-        argv = ["distill", "--config", recipe, "--teacher", teacher, "--method", method, "--bits", str(bits),
-                "--output_dir", str(out), *extra]
+        argv = ["distill", "--config", recipe, "--teacher", teacher, "--method", method, "--output_dir", str(out),
+                *(["--bits", str(bits)] if bits else []), *extra]
         if student is not None:
             argv += ["--student_name_or_path", str(student)]
         if nmtq(argv) != 0:
@@ -48,9 +48,11 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.output)
     teacher = json.loads((Path(args.teacher) / "test" / "metrics.json").read_text())
-    kd = run(args.recipe, args.teacher, out / "kd", "kd", 32, args.extra)
-    rows = [row("teacher fp32", {**teacher, "bits": 32, "bytes": kd["teacher_fp32_bytes"],
-                                 "ratio_vs_fp32_teacher": 1.0, "encoder_layers": "", "decoder_layers": ""}),
+    kd = run(args.recipe, args.teacher, out / "kd", "kd", None, args.extra)
+    config = json.loads((Path(args.teacher) / "config.json").read_text())
+    layers = {"encoder_layers": config["encoder_layers"], "decoder_layers": config["decoder_layers"]}
+    rows = [row("teacher fp32", {**teacher, **layers, "bits": 32, "bytes": kd["teacher_fp32_bytes"],
+                                 "ratio_vs_fp32_teacher": 1.0}),
             row("student fp32 (KD)", kd)]
     for bits in args.bits:
         rows.append(row(f"PTQ {bits}-bit", run(args.recipe, args.teacher, out / f"ptq{bits}", "ptq", bits,

@@ -91,8 +91,8 @@ def test_a_killed_run_resumes_from_its_last_complete_checkpoint(tiny_tsv, tmp_pa
 
 def test_two_process_accelerate_launch_on_cpu(tiny_tsv, tmp_path):
     out = tmp_path / "ddp"
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+    config = Path(__file__).resolve().parents[1] / "recipes" / "accelerate" / "cpu.yaml"  # the documented one
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
               "--main_process_port", "29517", "-m", "nmtq"]
     result = subprocess.run([*launch, *train_argv(tiny_tsv, out, "--max_steps", "3", "--save_strategy", "no")],
                             capture_output=True, text=True, timeout=600)
@@ -116,6 +116,13 @@ def test_bad_arguments_fail_before_anything_is_written(argv, message, tiny_tsv, 
     assert main(["train", "--data", f"tsv:{tiny_tsv}", "--output_dir", str(out), *TINY, *argv]) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_tensorboard_is_used_only_when_installed(monkeypatch, tmp_path):
+    monkeypatch.setattr("nmtq.args.tensorboard_available", lambda: False)
+    *_, training = parse_train_args(["--output_dir", str(tmp_path)])
+    assert training.report_to == []  # "none"
+    assert parse_train_args(["--output_dir", str(tmp_path), "--report_to", "none"])[-1].report_to == []
 
 
 def test_bad_recipes(tmp_path, capsys):

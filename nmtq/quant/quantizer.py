@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -327,12 +327,18 @@ class Quantizer:
         return self.model
 
     # ------------------------------------------------------------------------------------------ size and state
-    def size(self, huffman: bool = True) -> SizeReport:
-        """Exact storage of the quantized model (codes, Huffman codes, bucket scales, full-precision rest)."""
+    def size(self, huffman: bool = True, not_stored: Iterable[str] = ()) -> SizeReport:
+        """Exact storage of the quantized model (codes, Huffman codes, bucket scales, full-precision rest).
+
+        ``not_stored`` names state-dict entries that the checkpoint format leaves out because they are
+        recomputed on load (transformers' ``_keys_to_ignore_on_save``, e.g. sinusoidal position tables).
+        """
         quantized_ids = {id(e.param) for e in self.params} | {id(p) for p in self.point_parameters()}
         rest: dict[str, torch.Tensor] = {}
         seen: set[int] = set()
         for name, t in self.model.state_dict(keep_vars=True).items():
+            if name in set(not_stored):
+                continue
             if id(t) not in quantized_ids and id(t) not in seen:
                 seen.add(id(t))
                 rest[name] = t
