@@ -32,15 +32,15 @@ from .io import write_json_atomic
 from .losses import distillation_loss
 from .models import load_model
 from .quant import Quantizer, QuantizerConfig, SizeReport, size_report
+from .quant.size import stored_tensors
 from .student import make_student
 from .tokenizer import load_tokenizer
 from .train import (
-    EpochsThisRun,
-    TimeBudget,
     load_splits,
     main_process_logger,
     resolve_checkpoint,
     score_test_split,
+    time_budget,
     tokenize,
 )
 
@@ -178,12 +178,7 @@ def not_stored(model) -> set[str]:
 
 def fp32_size(model) -> SizeReport:
     """Size of ``model`` with every stored tensor in full precision, each tied tensor once."""
-    seen, tensors = set(), {}
-    for name, tensor in model.state_dict(keep_vars=True).items():
-        if id(tensor) not in seen and name not in not_stored(model):
-            seen.add(id(tensor))
-            tensors[name] = tensor
-    return size_report({}, tensors)
+    return size_report({}, stored_tensors(model, not_stored=not_stored(model)))
 
 
 def allocate_bits_by_gradient(quantizer: Quantizer, student, teacher, batches, mean_bits: float, alpha: float,
@@ -211,7 +206,7 @@ def distill(data_args: DataArguments, distill_args: DistillArguments, quant_conf
     log(f"teacher {sum(p.numel() for p in teacher.parameters()):,} parameters; {type(student).__name__} student "
         f"{student.config.encoder_layers}+{student.config.decoder_layers} layers, "
         f"{sum(p.numel() for p in student.parameters()):,} parameters; method {distill_args.method}")
-    train_set = tokenize(splits["train"], tokenizer, data_args.max_source_length, data_args.max_target_length, True)
+    train_set = tokenize(splits["train"], tokenizer, data_args.max_source_length, data_args.max_target_length)
     quantizer = None
     if distill_args.quantized:
         config = dataclasses.replace(quant_config, learn_points=distill_args.method == "dq")
@@ -235,9 +230,7 @@ def distill(data_args: DataArguments, distill_args: DistillArguments, quant_conf
 def _train(student, teacher, tokenizer, train_set, quantizer, alpha, distill_args, training_args, checkpoint):
     if checkpoint and quantizer is not None and (Path(checkpoint) / QUANTIZER_STATE).is_file():
         quantizer.load_state_dict(json.loads((Path(checkpoint) / QUANTIZER_STATE).read_text()))
-    callbacks = [EpochsThisRun()]
-    if training_args.max_train_minutes:
-        callbacks.append(TimeBudget(training_args.max_train_minutes))
+    callbacks = time_budget(training_args)
     if quantizer is not None:
         callbacks.append(SaveQuantizerState(quantizer))
     trainer = DistillationTrainer(

@@ -56,6 +56,11 @@ class TimeBudget(TrainerCallback):
         return control
 
 
+def time_budget(training_args: NmtTrainingArguments) -> list[TrainerCallback]:
+    """A :class:`TimeBudget` callback when ``max_train_minutes`` is set, else none."""
+    return [TimeBudget(training_args.max_train_minutes)] if training_args.max_train_minutes else []
+
+
 def load_splits(data_args: DataArguments, log) -> dict:
     """Cleaned train/validation/test datasets (columns ``source``, ``target``); cleaning reports are logged."""
     from .data import load_corpus
@@ -83,17 +88,15 @@ def get_tokenizer(model_args: ModelArguments, data_args: DataArguments, train_se
     return train_tokenizer(texts, output_dir, model_args.vocab_size, data_args.source_lang, data_args.target_lang)
 
 
-def tokenize(dataset, tokenizer, max_source_length: int, max_target_length: int, drop_long: bool):
-    """Token ids and labels; with ``drop_long``, pairs longer than the limits are dropped, never truncated."""
+def tokenize(dataset, tokenizer, max_source_length: int, max_target_length: int):
+    """Token ids and labels; pairs longer than the limits are dropped, never truncated."""
     def encode(batch):
         return tokenizer(batch["source"], text_target=batch["target"])
 
     encoded = dataset.map(encode, batched=True, remove_columns=dataset.column_names, desc="tokenizing")
-    if drop_long:
-        encoded = encoded.filter(
-            lambda ids, labels: len(ids) <= max_source_length and len(labels) <= max_target_length,
-            input_columns=["input_ids", "labels"], desc="length filter")
-    return encoded
+    return encoded.filter(
+        lambda ids, labels: len(ids) <= max_source_length and len(labels) <= max_target_length,
+        input_columns=["input_ids", "labels"], desc="length filter")
 
 
 def last_complete_checkpoint(output_dir: str) -> str | None:
@@ -139,9 +142,9 @@ def train_teacher(data_args: DataArguments, model_args: ModelArguments, training
     with training_args.main_process_first(desc="tokenizer"):
         tokenizer = get_tokenizer(model_args, data_args, splits["train"], training_args.output_dir)
     log(f"tokenizer: {len(tokenizer):,} ids")
-    train_set = tokenize(splits["train"], tokenizer, data_args.max_source_length, data_args.max_target_length, True)
+    train_set = tokenize(splits["train"], tokenizer, data_args.max_source_length, data_args.max_target_length)
     eval_set = tokenize(splits["validation"], tokenizer, data_args.max_source_length,
-                        data_args.max_target_length, True)
+                        data_args.max_target_length)
     log(f"training pairs within {data_args.max_source_length}/{data_args.max_target_length} pieces: "
         f"{len(train_set):,} of {len(splits['train']):,}")
     if len(train_set) == 0:
@@ -154,7 +157,7 @@ def train_teacher(data_args: DataArguments, model_args: ModelArguments, training
     log(f"model: {type(model).__name__}, {sum(p.numel() for p in model.parameters()):,} parameters; "
         f"processes: {training_args.world_size} ({training_args.distributed_state.distributed_type})")
     epochs = EpochsThisRun()
-    callbacks = [epochs] + ([TimeBudget(training_args.max_train_minutes)] if training_args.max_train_minutes else [])
+    callbacks = [epochs, *time_budget(training_args)]
     trainer = Seq2SeqTrainer(
         model=model, args=training_args, train_dataset=train_set,
         eval_dataset=eval_set if training_args.eval_strategy != "no" else None,

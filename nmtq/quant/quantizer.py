@@ -30,7 +30,7 @@ from torch import nn
 from .autograd import allocate_bits, fake_quantize, init_points, quantize_with_points
 from .config import QuantizerConfig
 from .functional import QuantizedTensor, check_weights, encode_tensor, encode_to_points
-from .size import SizeReport, size_report
+from .size import SizeReport, size_report, stored_tensors
 
 POINTS_SUFFIX = "_quant_points"
 
@@ -333,15 +333,8 @@ class Quantizer:
         ``not_stored`` names state-dict entries that the checkpoint format leaves out because they are
         recomputed on load (transformers' ``_keys_to_ignore_on_save``, e.g. sinusoidal position tables).
         """
-        quantized_ids = {id(e.param) for e in self.params} | {id(p) for p in self.point_parameters()}
-        rest: dict[str, torch.Tensor] = {}
-        seen: set[int] = set()
-        for name, t in self.model.state_dict(keep_vars=True).items():
-            if name in set(not_stored):
-                continue
-            if id(t) not in quantized_ids and id(t) not in seen:
-                seen.add(id(t))
-                rest[name] = t
+        quantized = [e.param for e in self.params] + list(self.point_parameters())
+        rest = stored_tensors(self.model, skip=quantized, not_stored=not_stored)
         return size_report(self.encode(), rest, huffman=huffman)
 
     def state_dict(self) -> dict[str, object]:

@@ -12,7 +12,7 @@ The reference is the same model with every floating-point tensor in fp32.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -127,6 +127,20 @@ def tensor_size(name: str, q: QuantizedTensor, huffman: bool = True) -> TensorSi
     points_bits = _tensor_bits(q.points) if q.points is not None else 0
     return TensorSize(name, numel, q.bits, numel * q.bits, huffman_bits, entropy, _tensor_bits(q.ranges),
                       points_bits)
+
+
+def stored_tensors(module: torch.nn.Module, skip: Iterable[torch.Tensor] = (),
+                   not_stored: Iterable[str] = ()) -> dict[str, torch.Tensor]:
+    """The tensors of ``module.state_dict()``, each tied tensor once (first name), without those in ``skip``
+    and without the entries named in ``not_stored`` (left out of the checkpoint, recomputed on load)."""
+    seen = {id(t) for t in skip}
+    names = set(not_stored)
+    tensors: dict[str, torch.Tensor] = {}
+    for name, tensor in module.state_dict(keep_vars=True).items():
+        if id(tensor) not in seen and name not in names:
+            seen.add(id(tensor))
+            tensors[name] = tensor
+    return tensors
 
 
 def size_report(quantized: Mapping[str, QuantizedTensor], full_precision: Mapping[str, torch.Tensor],
