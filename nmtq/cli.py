@@ -58,18 +58,24 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_run_train, takes_fields=True)  # --config and --field value pairs pass through
 
 
-def _run_train(args: argparse.Namespace) -> int:
-    from .args import TRAIN_ARGUMENT_CLASSES, parse_train_args
-
+def _run_recipe(args: argparse.Namespace, classes: tuple[type, ...], run, output_dir: str) -> int:
+    """``--help`` lists every field of ``classes``; otherwise parse the recipe and fields and call ``run``."""
     if "--help" in args.fields or "-h" in args.fields:
         from transformers import HfArgumentParser
 
-        HfArgumentParser(TRAIN_ARGUMENT_CLASSES, prog="nmtq train").print_help()
+        HfArgumentParser(classes, prog=f"nmtq {args.command}").print_help()
         return 0
+    from .args import parse_train_args
+
+    run(*parse_train_args(args.fields, classes, output_dir=output_dir))
+    return 0
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from .args import TRAIN_ARGUMENT_CLASSES
     from .train import train_teacher
 
-    train_teacher(*parse_train_args(args.fields))
-    return 0
+    return _run_recipe(args, TRAIN_ARGUMENT_CLASSES, train_teacher, "runs/teacher")
 
 
 def _add_distill(subparsers: argparse._SubParsersAction) -> None:
@@ -81,18 +87,9 @@ def _add_distill(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_distill(args: argparse.Namespace) -> int:
-    from .distill import DISTILL_ARGUMENT_CLASSES
+    from .distill import DISTILL_ARGUMENT_CLASSES, distill
 
-    if "--help" in args.fields or "-h" in args.fields:
-        from transformers import HfArgumentParser
-
-        HfArgumentParser(DISTILL_ARGUMENT_CLASSES, prog="nmtq distill").print_help()
-        return 0
-    from .args import parse_train_args
-    from .distill import distill
-
-    distill(*parse_train_args(args.fields, DISTILL_ARGUMENT_CLASSES, output_dir="runs/student"))
-    return 0
+    return _run_recipe(args, DISTILL_ARGUMENT_CLASSES, distill, "runs/student")
 
 
 def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
