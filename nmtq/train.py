@@ -11,6 +11,7 @@ split with beam search and print sacreBLEU BLEU and chrF and the perplexity.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -100,13 +101,21 @@ def tokenize(dataset, tokenizer, max_source_length: int, max_target_length: int)
 
 
 def last_complete_checkpoint(output_dir: str) -> str | None:
-    """The newest ``checkpoint-N`` with its ``trainer_state.json``, which the Trainer writes last: a run killed
-    while saving leaves a partial directory, and resuming skips it."""
+    """The newest ``checkpoint-N`` whose ``trainer_state.json``, which the Trainer writes last and not atomically,
+    is whole: a run killed while saving leaves a partial directory or a truncated file, and resuming skips it."""
     steps = []
     for path in Path(output_dir).glob("checkpoint-*") if os.path.isdir(output_dir) else ():
-        if path.name.split("-")[-1].isdigit() and (path / "trainer_state.json").is_file():
+        if path.name.split("-")[-1].isdigit() and _readable_json(path / "trainer_state.json"):
             steps.append((int(path.name.split("-")[-1]), str(path)))
     return max(steps)[1] if steps else None
+
+
+def _readable_json(path: Path) -> bool:
+    try:
+        json.loads(path.read_text(encoding="utf-8"))
+        return True
+    except (OSError, ValueError):
+        return False
 
 
 def resolve_checkpoint(training_args: NmtTrainingArguments) -> str | None:

@@ -61,7 +61,13 @@ def test_other_architectures_train_and_translate(model_type, tiny_tsv, tmp_path)
 
 
 def complete_checkpoints(out: Path) -> list[int]:
-    return sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*") if (p / "trainer_state.json").exists())
+    def whole(state: Path) -> bool:
+        try:
+            return bool(json.loads(state.read_text()))
+        except (OSError, ValueError):
+            return False
+
+    return sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*") if whole(p / "trainer_state.json"))
 
 
 def test_a_killed_run_resumes_from_its_last_complete_checkpoint(tiny_tsv, tmp_path):
@@ -79,6 +85,8 @@ def test_a_killed_run_resumes_from_its_last_complete_checkpoint(tiny_tsv, tmp_pa
         proc.wait()
     last = max(complete_checkpoints(out))
     (out / f"checkpoint-{last + 1000}").mkdir()  # a checkpoint cut off while being written
+    (out / f"checkpoint-{last + 1001}").mkdir()
+    (out / f"checkpoint-{last + 1001}" / "trainer_state.json").write_text('{"global_st')  # ... mid-file
     result = subprocess.run([*argv, "--max_steps", str(last + 2), "--resume_from_checkpoint", "last"],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
