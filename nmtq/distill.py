@@ -11,7 +11,16 @@
 * ``qd``: quantized distillation: the distillation loss through fake-quantized weights, straight-through
   gradients to the full-precision weights;
 * ``dq``: differentiable quantization: the weights of a trained student stay fixed and the quantization points
-  are learned against the distillation loss.
+  are learned against the distillation loss; with ``--alternate_every`` (steps or ``epoch``) phases of quantized
+  distillation of the weights and of point learning alternate, as in the paper.
+
+What the student learns from:
+
+* word level (the default): the teacher's distribution at every target token of the references, computed live;
+* ``--sequence_kd 1``: sequence-level KD (Kim & Rush, 2016), the teacher's beam translations of the training
+  sources as targets, generated once and cached; between 0 and 1 it weights the two losses (interpolation);
+* ``--teacher_top_k K``: Apprentice's scheme B, the teacher's top-K log-probabilities per target token computed
+  once and cached in shards (``nmtq.teacher_cache``), so training never runs the teacher.
 
 Apprentice's scheme C (a trained full-precision student fine-tuned at low precision with distillation) is
 ``--method qd --student_name_or_path DIR``.
@@ -29,11 +38,13 @@ from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, TrainerCallback
 
 from .args import DataArguments, NmtTrainingArguments
 from .io import write_json_atomic
-from .losses import distillation_loss
+from .losses import TopK, distillation_loss
 from .models import load_model
 from .quant import Quantizer, QuantizerConfig, SizeReport, size_report
+from .quant.quantizer import POINTS_SUFFIX
 from .quant.size import stored_tensors
 from .student import make_student
+from .teacher_cache import TopKCache, cache_directory, cache_top_k, cache_translations, teacher_fingerprint
 from .tokenizer import load_tokenizer
 from .train import (
     load_splits,
@@ -71,19 +82,63 @@ class DistillArguments:
     mean_bits: float | None = field(
         default=None, metadata={"help": "Spread this many bits per weight over the tensors by gradient norm "
                                         "(instead of --bits for all)."})
+    alternate_every: str | None = field(
+        default=None, metadata={"help": "dq: alternate quantized distillation of the weights and learning of the "
+                                        "points, switching every N optimizer steps or every 'epoch'; unset: only "
+                                        "the points of a trained student are learned."})
+    sequence_kd: float = field(
+        default=0.0, metadata={"help": "Weight of sequence-level KD: the loss on the teacher's beam translations of "
+                                       "the training sources (made once, cached); 0: references only, 1: "
+                                       "translations only, between: both losses, interpolated."})
+    teacher_top_k: int = field(
+        default=0, metadata={"help": "Train from the teacher's top-k log-probabilities per target token, computed "
+                                     "once and cached on disk in shards (Apprentice's scheme B); 0: run the "
+                                     "teacher live."})
+    teacher_cache_dir: str | None = field(
+        default=None, metadata={"help": "Where the teacher caches go (default: TEACHER/cache for a local teacher, "
+                                        "else OUTPUT_DIR/teacher-cache)."})
+    cache_shard_size: int = field(default=2048, metadata={"help": "Examples per teacher-cache shard (each shard is "
+                                                                  "written atomically: the unit of resumption)."})
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method={self.method!r}: pass one of {', '.join(METHODS)}")
-        if self.method in ("ptq", "dq") and not self.student_name_or_path:
+        self.alternate_every = self._alternation()
+        if (self.method == "ptq" or self.method == "dq" and self.alternate_every is None) \
+                and not self.student_name_or_path:
             raise ValueError(f"method={self.method} starts from a trained student: pass --student_name_or_path "
-                             "(a directory written by nmtq distill --method kd, say)")
+                             "(a directory written by nmtq distill --method kd, say)"
+                             + ("; or alternate weights and points from the teacher's copy with --alternate_every"
+                                if self.method == "dq" else ""))
         if not 0 <= self.alpha <= 1 or self.temperature <= 0:
             raise ValueError(f"need 0 <= alpha <= 1 and temperature > 0, got {self.alpha}, {self.temperature}")
         if self.student_type not in ("transformer", "lstm"):
             raise ValueError(f"student_type={self.student_type!r}: pass 'transformer' or 'lstm'")
         if self.student_init not in ("teacher", "scratch"):
             raise ValueError(f"student_init={self.student_init!r}: pass 'teacher' or 'scratch'")
+        if not 0 <= self.sequence_kd <= 1:
+            raise ValueError(f"sequence_kd={self.sequence_kd}: pass a weight between 0 (references) and 1 "
+                             "(teacher translations)")
+        if self.teacher_top_k < 0 or self.cache_shard_size < 1:
+            raise ValueError("teacher_top_k must be 0 (live teacher) or a positive k, and cache_shard_size positive")
+        if self.method == "ptq" and (self.sequence_kd or self.teacher_top_k):
+            raise ValueError("method=ptq does no training: sequence_kd and teacher_top_k do not apply; drop them")
+        if self.method == "fp" and self.teacher_top_k:
+            raise ValueError("method=fp trains on the references alone, without the teacher's distribution: drop "
+                             "teacher_top_k, or use method kd")
+
+    def _alternation(self) -> int | str | None:
+        """``alternate_every`` as a number of steps, ``'epoch'``, or None."""
+        value = self.alternate_every
+        if value is None or str(value).lower() in ("", "none"):
+            return None
+        if self.method != "dq":
+            raise ValueError(f"alternate_every applies to method dq only (the method is {self.method})")
+        if str(value).lower() == "epoch":
+            return "epoch"
+        if not str(value).isdigit() or int(value) < 1:
+            raise ValueError(f"alternate_every={value!r}: pass a positive number of optimizer steps or 'epoch'")
+        return int(value)
 
     @property
     def quantized(self) -> bool:
@@ -96,28 +151,51 @@ DISTILL_ARGUMENT_CLASSES = (DataArguments, DistillArguments, QuantizerConfig, Nm
 class DistillationTrainer(Seq2SeqTrainer):
     """``Seq2SeqTrainer`` whose loss is ``alpha T^2 KL(teacher || student) + (1 - alpha) CE`` per target token.
 
-    The teacher is frozen (``eval()``, ``requires_grad_(False)``, ``no_grad``) and placed on the student's device.
+    The teacher is frozen (``eval()``, ``requires_grad_(False)``, ``no_grad``) and placed on the student's device;
+    it may be None when every batch carries cached teacher outputs (``teacher_ids``, ``teacher_log_probs``).
+    Batches from :class:`DistillationCollator` may carry a second target stream (``sequence_*``, sequence-level
+    KD); its loss is weighted by ``sequence_kd`` and the references' by ``1 - sequence_kd``. With
+    ``alternate_every`` (steps or ``'epoch'``) the optimizer updates the weights and the quantizer's points in
+    turn, starting with the weights.
     """
 
     loss_is_scaled_for_ga = True  # compute_loss divides by num_items_in_batch
 
     def __init__(self, *args, teacher, alpha: float, temperature: float, quantizer: Quantizer | None = None,
-                 **kwargs) -> None:
+                 sequence_kd: float = 0.0, alternate_every: int | str | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.teacher = teacher.requires_grad_(False).eval().to(self.args.device)
+        self.teacher = None if teacher is None else teacher.requires_grad_(False).eval().to(self.args.device)
         self.alpha, self.temperature, self.quantizer = alpha, temperature, quantizer
+        self.sequence_kd, self.alternate_every = sequence_kd, alternate_every
+        if alternate_every is not None and (quantizer is None or not quantizer.config.learn_points):
+            raise ValueError("alternate_every needs a quantizer with learned points (method dq)")
+
+    def _word_level(self, model, inputs: dict, num_items_in_batch):
+        labels, cached = inputs.pop("labels"), _pop_top_k(inputs)
+        outputs = model(**inputs)
+        if self.alpha == 0:
+            teacher = outputs.logits.detach()  # unused at alpha = 0: skip the teacher's forward pass
+        elif cached is not None:
+            teacher = cached
+        elif self.teacher is None:
+            raise ValueError("this batch has no cached teacher outputs and the trainer has no teacher")
+        else:
+            with torch.no_grad():
+                teacher = self.teacher(**inputs).logits
+        loss = distillation_loss(outputs.logits, teacher, labels, self.alpha, self.temperature,
+                                 num_items_in_batch=num_items_in_batch)
+        return loss, outputs, labels
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        labels = inputs["labels"]
-        features = {k: v for k, v in inputs.items() if k != "labels"}
-        outputs = model(**features)
-        if self.alpha > 0:
-            with torch.no_grad():
-                teacher_logits = self.teacher(**features).logits
-        else:
-            teacher_logits = outputs.logits.detach()  # unused at alpha = 0: skip the teacher's forward pass
-        loss = distillation_loss(outputs.logits, teacher_logits, labels, self.alpha, self.temperature,
-                                 num_items_in_batch=num_items_in_batch)
+        inputs = dict(inputs)
+        sequence = {k.removeprefix("sequence_"): inputs.pop(k) for k in list(inputs) if k.startswith("sequence_")}
+        loss, outputs, labels = self._word_level(model, inputs, num_items_in_batch)
+        if sequence:  # interpolated sequence-level KD: the same sources, the teacher's translations as targets
+            source = {k: inputs[k] for k in ("input_ids", "attention_mask") if k in inputs}
+            sequence_loss, _, _ = self._word_level(model, {**source, **sequence}, None)
+            # the mean over this batch's translation tokens, weighted like the references by this batch's share
+            share = 1.0 if num_items_in_batch is None else (labels != -100).sum() / num_items_in_batch
+            loss = (1 - self.sequence_kd) * loss + self.sequence_kd * sequence_loss * share
         if num_items_in_batch is not None and self.args.average_tokens_across_devices:
             loss = loss * self.accelerator.num_processes  # num_items_in_batch counts every process's tokens
         if not torch.isfinite(loss):
@@ -127,11 +205,71 @@ class DistillationTrainer(Seq2SeqTrainer):
                 "learning_rate or raise bits, then resume with --resume_from_checkpoint last")
         return (loss, outputs) if return_outputs else loss
 
+    def points_phase(self) -> bool:
+        """With alternation: whether this step updates the points (else the weights)."""
+        if self.alternate_every == "epoch":
+            return int(self.state.epoch or 0) % 2 == 1
+        return (self.state.global_step // self.alternate_every) % 2 == 1
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.alternate_every is not None:
+            points = {id(p) for p in self.quantizer.point_parameters()}
+            learn_points = self.points_phase()
+            for p in self.model.parameters():
+                if (id(p) in points) != learn_points:
+                    p.grad = None  # Adam skips a parameter without a gradient: no update, no moment change
+        return loss
+
+    def get_decay_parameter_names(self, model) -> list[str]:
+        return [n for n in super().get_decay_parameter_names(model) if not n.endswith(POINTS_SUFFIX)]
+
     def create_optimizer(self, *args, **kwargs):
         optimizer = super().create_optimizer(*args, **kwargs)
         if self.quantizer is not None and self.quantizer.config.learn_points:
             self.quantizer.attach_optimizer(optimizer)  # learned points stay sorted after every step
         return optimizer
+
+
+def _pop_top_k(inputs: dict) -> TopK | None:
+    if "teacher_ids" not in inputs:
+        return None
+    return TopK(inputs.pop("teacher_ids"), inputs.pop("teacher_log_probs"))
+
+
+class DistillationCollator:
+    """Pads a batch as ``DataCollatorForSeq2Seq`` does, plus what distillation adds to each example.
+
+    * ``teacher_labels`` (sequence-level KD beside the references) become ``sequence_labels`` and
+      ``sequence_decoder_input_ids``;
+    * ``example_id`` looks up the cached teacher top-k of each target stream, padded to the labels' length:
+      ``teacher_ids`` / ``teacher_log_probs`` and ``sequence_teacher_ids`` / ``sequence_teacher_log_probs``.
+    """
+
+    def __init__(self, tokenizer, model, top_k: dict[str, TopKCache] | None = None) -> None:
+        self.pad = DataCollatorForSeq2Seq(tokenizer, model=model)
+        self.top_k = top_k or {}
+
+    def __call__(self, features: list[dict]) -> dict:
+        batch = self.pad([{k: f[k] for k in ("input_ids", "attention_mask", "labels") if k in f} for f in features])
+        if "teacher_labels" in features[0]:
+            sequence = self.pad([{"input_ids": f["input_ids"], "labels": f["teacher_labels"]} for f in features])
+            batch["sequence_labels"] = sequence["labels"]
+            if "decoder_input_ids" in sequence:
+                batch["sequence_decoder_input_ids"] = sequence["decoder_input_ids"]
+        for stream, cache in self.top_k.items():
+            prefix = "" if stream == "labels" else "sequence_"
+            length = batch[prefix + "labels"].shape[1]
+            ids = torch.zeros(len(features), length, cache.k, dtype=torch.long)
+            log_probs = torch.zeros(len(features), length, cache.k)
+            for i, f in enumerate(features):
+                cached = cache[f["example_id"]]
+                if len(cached.ids) != len(f[stream]):
+                    raise ValueError(f"the teacher cache has {len(cached.ids)} tokens for example {f['example_id']}"
+                                     f" but it has {len(f[stream])}: the cache is stale; delete it")
+                ids[i, :len(cached.ids)], log_probs[i, :len(cached.ids)] = cached.ids, cached.log_probs.float()
+            batch[prefix + "teacher_ids"], batch[prefix + "teacher_log_probs"] = ids, log_probs
+        return batch
 
 
 class SaveQuantizerState(TrainerCallback):
@@ -206,7 +344,9 @@ def distill(data_args: DataArguments, distill_args: DistillArguments, quant_conf
     log(f"teacher {sum(p.numel() for p in teacher.parameters()):,} parameters; {type(student).__name__} student "
         f"{student.config.encoder_layers}+{student.config.decoder_layers} layers, "
         f"{sum(p.numel() for p in student.parameters()):,} parameters; method {distill_args.method}")
-    train_set = tokenize(splits["train"], tokenizer, data_args.max_source_length, data_args.max_target_length)
+    teacher_size = fp32_size(teacher)
+    keep = ("source",) if distill_args.sequence_kd else ()
+    train_set = tokenize(splits["train"], tokenizer, data_args.max_source_length, data_args.max_target_length, keep)
     quantizer = None
     if distill_args.quantized:
         config = dataclasses.replace(quant_config, learn_points=distill_args.method == "dq")
@@ -218,31 +358,84 @@ def distill(data_args: DataArguments, distill_args: DistillArguments, quant_conf
             bits = allocate_bits_by_gradient(quantizer, student, teacher, batches, distill_args.mean_bits,
                                              distill_args.alpha, distill_args.temperature)
             log(f"bits by gradient norm (mean {distill_args.mean_bits}): {sorted(set(bits.values()))}")
-        if distill_args.method == "dq":
+        if distill_args.method == "dq" and distill_args.alternate_every is None:
             quantizer.train_points_only()
     alpha = 0.0 if distill_args.method == "fp" else distill_args.alpha
     if distill_args.method != "ptq":
-        _train(student, teacher, tokenizer, train_set, quantizer, alpha, distill_args, training_args, checkpoint)
-    return _finish(student, teacher, tokenizer, quantizer, splits["test"], data_args, distill_args, training_args,
+        train_set, top_k = teacher_targets(train_set, teacher, tokenizer, student, data_args, distill_args,
+                                           training_args, log)
+        if top_k and (alpha == 0 or set(top_k) >= {"labels", "teacher_labels"} & set(train_set.column_names)):
+            teacher = None  # every batch carries the teacher's outputs: it need not even be on the device
+        _train(student, teacher, tokenizer, train_set, top_k, quantizer, alpha, distill_args, training_args,
+               checkpoint)
+    return _finish(student, tokenizer, quantizer, teacher_size, splits["test"], data_args, distill_args, training_args,
                    log)
 
 
-def _train(student, teacher, tokenizer, train_set, quantizer, alpha, distill_args, training_args, checkpoint):
+def teacher_targets(train_set, teacher, tokenizer, student, data_args: DataArguments, distill_args: DistillArguments,
+                    training_args: NmtTrainingArguments, log):
+    """Add the teacher's cached outputs to the training set: translations (sequence-level KD) and top-k.
+
+    Returns the new training set and the top-k caches by target column (``labels``, ``teacher_labels``).
+    """
+    if not (distill_args.sequence_kd or distill_args.teacher_top_k):
+        return train_set, {}
+    root = Path(distill_args.teacher_cache_dir or (Path(distill_args.teacher) / "cache"
+                if Path(distill_args.teacher).is_dir() else Path(training_args.output_dir) / "teacher-cache"))
+    teacher_id = teacher_fingerprint(distill_args.teacher)
+    teacher.to(training_args.device)
+    shared = {"shard_size": distill_args.cache_shard_size, "process_index": training_args.process_index,
+              "num_processes": training_args.world_size, "wait": training_args.distributed_state.wait_for_everyone,
+              "log": log}
+    if distill_args.sequence_kd:
+        sources = train_set["source"]
+        directory = cache_directory(root, "translations", teacher_id, sources, training_args.num_beams,
+                                    training_args.max_new_tokens)
+        translations = cache_translations(teacher, tokenizer, sources, directory, num_beams=training_args.num_beams,
+                                          max_new_tokens=training_args.max_new_tokens,
+                                          batch_size=training_args.per_device_eval_batch_size, **shared)
+        targets = tokenizer(text_target=translations, truncation=True, max_length=data_args.max_target_length)
+        column = "labels" if distill_args.sequence_kd == 1 else "teacher_labels"
+        train_set = train_set.remove_columns([c for c in ("source", column) if c in train_set.column_names])
+        train_set = train_set.add_column(column, targets["input_ids"])
+        log(f"sequence-level KD: {len(translations):,} teacher translations (beam {training_args.num_beams}) as "
+            f"{'the targets' if column == 'labels' else f'a second target, weight {distill_args.sequence_kd}'}")
+    caches: dict[str, TopKCache] = {}
+    if distill_args.teacher_top_k:
+        inputs = train_set["input_ids"]
+        for column in ("labels", "teacher_labels"):
+            if column in train_set.column_names:
+                targets = train_set[column]
+                directory = cache_directory(root, f"top{distill_args.teacher_top_k}", teacher_id, inputs, targets)
+                caches[column] = cache_top_k(
+                    teacher, [{"input_ids": i, "labels": t} for i, t in zip(inputs, targets)],
+                    DataCollatorForSeq2Seq(tokenizer, model=student), directory, k=distill_args.teacher_top_k,
+                    batch_size=training_args.per_device_eval_batch_size, **shared)
+        train_set = train_set.add_column("example_id", list(range(len(train_set))))
+        log(f"training from the teacher's cached top-{distill_args.teacher_top_k} log-probabilities")
+    return train_set, caches
+
+
+def _train(student, teacher, tokenizer, train_set, top_k, quantizer, alpha, distill_args, training_args, checkpoint):
     if checkpoint and quantizer is not None and (Path(checkpoint) / QUANTIZER_STATE).is_file():
         quantizer.load_state_dict(json.loads((Path(checkpoint) / QUANTIZER_STATE).read_text()))
     callbacks = time_budget(training_args)
     if quantizer is not None:
         callbacks.append(SaveQuantizerState(quantizer))
+    training_args.remove_unused_columns = False  # the collator reads example_id and teacher_labels
     trainer = DistillationTrainer(
         model=student, args=training_args, train_dataset=train_set,
-        data_collator=DataCollatorForSeq2Seq(tokenizer, model=student), processing_class=tokenizer,
+        data_collator=DistillationCollator(tokenizer, student, top_k), processing_class=tokenizer,
         callbacks=callbacks, teacher=teacher, alpha=alpha, temperature=distill_args.temperature, quantizer=quantizer,
+        sequence_kd=distill_args.sequence_kd if "teacher_labels" in train_set.column_names else 0.0,
+        alternate_every=distill_args.alternate_every,
     )
     trainer.train(resume_from_checkpoint=checkpoint)
     training_args.distributed_state.wait_for_everyone()
 
 
-def _finish(student, teacher, tokenizer, quantizer, test_set, data_args, distill_args, training_args, log) -> dict:
+def _finish(student, tokenizer, quantizer, teacher_size: SizeReport, test_set, data_args, distill_args, training_args,
+            log) -> dict:
     """Quantize for real, measure the size, save the student (weights = decoded codes) and score it."""
     student = student.module if hasattr(student, "module") else student
     if quantizer is not None:
@@ -252,7 +445,6 @@ def _finish(student, teacher, tokenizer, quantizer, test_set, data_args, distill
         quantizer.remove()  # hooks and points go; the weights now hold Q(w)
     else:
         size, quantization = fp32_size(student), None
-    teacher_size = fp32_size(teacher)
     metrics: dict = {}
     if training_args.process_index == 0:
         output_dir = Path(training_args.output_dir)
@@ -265,7 +457,9 @@ def _finish(student, teacher, tokenizer, quantizer, test_set, data_args, distill
                        bytes=size.total_bytes, huffman_bytes=size.total_huffman_bytes if quantizer else None,
                        teacher_fp32_bytes=teacher_size.total_bytes,
                        ratio_vs_fp32_teacher=round(teacher_size.total_bits / size.total_bits, 2),
-                       encoder_layers=student.config.encoder_layers, decoder_layers=student.config.decoder_layers)
+                       encoder_layers=student.config.encoder_layers, decoder_layers=student.config.decoder_layers,
+                       sequence_kd=distill_args.sequence_kd, teacher_top_k=distill_args.teacher_top_k,
+                       alternate_every=distill_args.alternate_every)
         write_json_atomic(output_dir / "test" / "metrics.json", metrics)
         log(f"size: {size.total_bytes:,} bytes ({metrics['ratio_vs_fp32_teacher']}x smaller than the fp32 teacher's "
             f"{teacher_size.total_bytes:,})" + (f"; Huffman-coded {size.total_huffman_bytes:,}" if quantizer else ""))

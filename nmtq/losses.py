@@ -13,15 +13,53 @@ Example:
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 
-__all__ = ["distillation_loss"]
+__all__ = ["TopK", "distillation_loss", "top_k"]
 
 
-def _check(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+class TopK(NamedTuple):
+    """The teacher's ``k`` most likely classes per item and their log-probabilities (Apprentice's scheme B).
+
+    ``ids`` and ``log_probs`` are ``(..., k)`` with ``...`` the logits' shape without the vocabulary: what a
+    cache of teacher outputs stores instead of the full ``(..., vocab)`` logits.
+    """
+
+    ids: torch.Tensor
+    log_probs: torch.Tensor
+
+
+def top_k(logits: torch.Tensor, k: int) -> TopK:
+    """The ``k`` largest log-probabilities of ``logits`` (at temperature 1) and their class ids.
+
+    Example:
+        >>> top_k(torch.tensor([[0.0, 3.0, 1.0]]), 2).ids.tolist()
+        [[1, 2]]
+    """
+    if not 1 <= k <= logits.shape[-1]:
+        raise ValueError(f"k={k} must lie between 1 and the vocabulary size {logits.shape[-1]}")
+    values, ids = F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1).topk(k, dim=-1)
+    return TopK(ids, values)
+
+
+def _check(student_logits: torch.Tensor, teacher_logits: torch.Tensor | TopK, labels: torch.Tensor,
            alpha: float, temperature: float) -> None:
-    if student_logits.shape != teacher_logits.shape:
+    if isinstance(teacher_logits, TopK):
+        ids, log_probs = teacher_logits
+        if ids.shape != log_probs.shape or ids.shape[:-1] != student_logits.shape[:-1]:
+            raise ValueError(
+                f"teacher top-k ids {tuple(ids.shape)} and log-probabilities {tuple(log_probs.shape)} must both be "
+                f"{tuple(student_logits.shape[:-1])} + (k,): the cached teacher outputs do not match this batch"
+            )
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= student_logits.shape[-1]):
+            raise ValueError(
+                f"teacher top-k ids reach {int(ids.max())} but the student has {student_logits.shape[-1]} classes: "
+                "the cache was written for another vocabulary; delete it and distil again"
+            )
+    elif student_logits.shape != teacher_logits.shape:
         raise ValueError(
             f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} "
             "differ in shape: the student and the teacher must share the vocabulary (same tokenizer, same "
@@ -44,7 +82,7 @@ def _check(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: t
 
 def distillation_loss(
     student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
+    teacher_logits: torch.Tensor | TopK,
     labels: torch.Tensor,
     alpha: float = 0.7,
     temperature: float = 1.0,
@@ -64,9 +102,13 @@ def distillation_loss(
     The teacher logits are detached: no gradient reaches the teacher. The ``T**2`` factor keeps the
     gradient of the soft term on the same scale whatever the temperature (Hinton et al., 2015).
 
+    With a :class:`TopK` teacher (cached outputs), the teacher's distribution is its ``k`` most likely classes
+    renormalised at temperature ``T``, and the KL divergence is taken over those classes against the student's
+    full softmax; with ``k`` equal to the vocabulary size this is the dense loss exactly.
+
     Args:
         student_logits: ``(batch, vocab)`` or ``(batch, seq, vocab)``.
-        teacher_logits: same shape as ``student_logits`` (the vocabularies must be shared).
+        teacher_logits: same shape as ``student_logits`` (the vocabularies must be shared), or a :class:`TopK`.
         labels: ``student_logits.shape[:-1]``, integer targets or ``ignore_index``.
         alpha: weight of the distillation term, in [0, 1]; 0 gives plain cross-entropy.
         temperature: softmax temperature ``T > 0`` of both distributions in the distillation term.
@@ -89,11 +131,15 @@ def distillation_loss(
     _check(student_logits, teacher_logits, labels, alpha, temperature)
     mask = labels != ignore_index
     dtype = torch.promote_types(student_logits.dtype, torch.float32)  # half precision overflows exp()
-    student_logits, teacher_logits = student_logits.to(dtype), teacher_logits.detach().to(dtype)
+    student_logits = student_logits.to(dtype)
     per_item = student_logits.new_zeros(labels.shape)
     if alpha > 0:
         log_p_student = F.log_softmax(student_logits / temperature, dim=-1)
-        log_p_teacher = F.log_softmax(teacher_logits / temperature, dim=-1)
+        if isinstance(teacher_logits, TopK):
+            log_p_student = log_p_student.gather(-1, teacher_logits.ids.long())
+            log_p_teacher = F.log_softmax(teacher_logits.log_probs.detach().to(dtype) / temperature, dim=-1)
+        else:
+            log_p_teacher = F.log_softmax(teacher_logits.detach().to(dtype) / temperature, dim=-1)
         kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(dim=-1)
         per_item = per_item + alpha * temperature**2 * kl
     if alpha < 1:

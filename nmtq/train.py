@@ -89,12 +89,14 @@ def get_tokenizer(model_args: ModelArguments, data_args: DataArguments, train_se
     return train_tokenizer(texts, output_dir, model_args.vocab_size, data_args.source_lang, data_args.target_lang)
 
 
-def tokenize(dataset, tokenizer, max_source_length: int, max_target_length: int):
-    """Token ids and labels; pairs longer than the limits are dropped, never truncated."""
+def tokenize(dataset, tokenizer, max_source_length: int, max_target_length: int, keep_columns: tuple[str, ...] = ()):
+    """Token ids and labels (and the ``keep_columns`` asked for); pairs longer than the limits are dropped, never
+    truncated."""
     def encode(batch):
         return tokenizer(batch["source"], text_target=batch["target"])
 
-    encoded = dataset.map(encode, batched=True, remove_columns=dataset.column_names, desc="tokenizing")
+    drop = [name for name in dataset.column_names if name not in keep_columns]
+    encoded = dataset.map(encode, batched=True, remove_columns=drop, desc="tokenizing")
     return encoded.filter(
         lambda ids, labels: len(ids) <= max_source_length and len(labels) <= max_target_length,
         input_columns=["input_ids", "labels"], desc="length filter")

@@ -222,3 +222,113 @@ def test_sizes_count_only_what_save_pretrained_stores(teacher_dir):
     assert not_stored(teacher) and fp32_size(teacher).fp32_bits == stored * 32
     quantizer = Quantizer(teacher, bits=4)
     assert quantizer.size(not_stored=not_stored(teacher)).fp32_bits == stored * 32
+
+
+def test_sequence_level_kd_caches_the_teachers_translations_once(corpus, teacher_dir, tmp_path):
+    cache = tmp_path / "cache"
+    argv = distill_argv(corpus, teacher_dir, tmp_path / "seq", "--method", "kd", "--sequence_kd", "1",
+                        "--teacher_cache_dir", str(cache), "--cache_shard_size", "5", "--max_steps", "2",
+                        "--save_strategy", "no")
+    assert main(argv) == 0
+    shards = sorted(cache.glob("translations-*/seq-*.jsonl"))
+    assert len(shards) == 3  # 12 pairs in shards of 5
+    translations = [json.loads(line) for shard in shards for line in shard.read_text().splitlines()]
+    teacher, tokenizer = load_model(teacher_dir), load_tokenizer(teacher_dir)
+    from nmtq.evaluation import translate
+
+    assert translations == translate(teacher, tokenizer, GERMAN, num_beams=2, max_new_tokens=8, progress=False)
+    stamps = [s.stat().st_mtime_ns for s in shards]
+    shards[1].unlink()  # as if killed before writing it: only that shard is made again
+    assert main([*argv[:-4], "--output_dir", str(tmp_path / "mixed"), "--sequence_kd", "0.5", "--max_steps", "2",
+                 "--save_strategy", "no"]) == 0
+    assert [s.stat().st_mtime_ns for s in (shards[0], shards[2])] == [stamps[0], stamps[2]]
+    assert shards[1].is_file()
+    assert json.loads((tmp_path / "mixed" / "test" / "metrics.json").read_text())["sequence_kd"] == 0.5
+
+
+def test_cached_top_k_with_the_whole_vocabulary_gives_the_live_teachers_loss(corpus, teacher_dir, tmp_path):
+    from nmtq.distill import DistillationCollator
+    from nmtq.teacher_cache import cache_top_k
+
+    teacher, tokenizer = load_model(teacher_dir), load_tokenizer(teacher_dir)
+    student = make_student(teacher, 1, 1).eval()  # no dropout: both losses see the same student
+    vocab = student.config.vocab_size
+    features = tokenizer(GERMAN, text_target=ENGLISH)
+    rows = [{"input_ids": features["input_ids"][i], "labels": features["labels"][i], "example_id": i}
+            for i in range(len(GERMAN))]
+    cache = cache_top_k(teacher, rows, DataCollatorForSeq2Seq(tokenizer, model=student), tmp_path / "topk",
+                        k=vocab, batch_size=5, shard_size=7, log=lambda _: None)
+    live, _ = trainer_for(teacher_dir, corpus, tmp_path, student)
+    batch = DistillationCollator(tokenizer, student, {"labels": cache})([rows[i] for i in (3, 0, 11, 8)])
+    assert batch["teacher_ids"].shape == (*batch["labels"].shape, vocab)
+    with torch.no_grad():
+        cached_loss = live.compute_loss(student, batch)
+        live_loss = live.compute_loss(student, {k: v for k, v in batch.items() if not k.startswith("teacher_")})
+    assert float(cached_loss) == pytest.approx(float(live_loss), rel=1e-3)  # log-probabilities kept in fp16
+
+
+def test_training_from_cached_top_k_runs_without_the_teacher(corpus, teacher_dir, tmp_path, monkeypatch):
+    import nmtq.distill
+
+    seen = {}
+    original = nmtq.distill.DistillationTrainer.__init__
+
+    def spy(self, *args, teacher, **kwargs):
+        seen["teacher"] = teacher
+        original(self, *args, teacher=teacher, **kwargs)
+
+    monkeypatch.setattr(nmtq.distill.DistillationTrainer, "__init__", spy)
+    out = tmp_path / "topk"
+    assert main(distill_argv(corpus, teacher_dir, out, "--method", "qd", "--teacher_top_k", "4",
+                             "--teacher_cache_dir", str(tmp_path / "cache"), "--max_steps", "3",
+                             "--save_strategy", "no")) == 0
+    assert seen["teacher"] is None
+    assert len(list((tmp_path / "cache").glob("top4-*/topk-00000.safetensors"))) == 1
+    assert json.loads((out / "test" / "metrics.json").read_text())["teacher_top_k"] == 4
+
+
+def test_alternation_updates_weights_then_points(teacher_dir, corpus, tmp_path):
+    student = make_student(load_model(teacher_dir), 1, 1)
+    quantizer = Quantizer(student, bits=2, bucket_size=16, learn_points=True)
+    trainer, batch = trainer_for(teacher_dir, corpus, tmp_path, student, quantizer)
+    trainer.alternate_every, trainer.args.max_steps, trainer.args.learning_rate = 1, 1, 1e-2
+
+    def snapshot():
+        return ([p.detach().clone() for p in quantizer.point_parameters()],
+                {k: v.clone() for k, v in student.state_dict().items() if not k.endswith("_quant_points")})
+
+    points, weights = snapshot()
+    trainer.train()  # step 0: the weights
+    points_1, weights_1 = snapshot()
+    assert all(torch.equal(a, b) for a, b in zip(points, points_1))
+    assert any(not torch.equal(weights[k], weights_1[k]) for k in weights)
+    student.zero_grad()
+    trainer.training_step(student, batch)  # step 1: the points only
+    assert all(p.grad is not None for p in quantizer.point_parameters())
+    assert all(p.grad is None for n, p in student.named_parameters() if not n.endswith("_quant_points"))
+
+
+def test_dq_alternating_from_the_teachers_copy_runs_end_to_end(corpus, teacher_dir, tmp_path):
+    out = tmp_path / "dq"
+    assert main(distill_argv(corpus, teacher_dir, out, "--method", "dq", "--alternate_every", "1", "--bits", "2",
+                             "--max_steps", "4", "--save_strategy", "no")) == 0
+    metrics = json.loads((out / "test" / "metrics.json").read_text())
+    assert metrics["alternate_every"] == 1 and metrics["bits"] == 2
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--method", "qd", "--alternate_every", "2"], "method dq only"),
+        (["--method", "dq", "--alternate_every", "often"], "positive number of optimizer steps"),
+        (["--method", "dq"], "--alternate_every"),
+        (["--sequence_kd", "1.5"], "between 0"),
+        (["--method", "fp", "--teacher_top_k", "4"], "use method kd"),
+        (["--method", "ptq", "--student_name_or_path", "x", "--sequence_kd", "1"], "does no training"),
+    ],
+)
+def test_bad_teacher_target_arguments(extra, message, corpus, teacher_dir, tmp_path, capsys):
+    out = tmp_path / "never"
+    assert main(distill_argv(corpus, teacher_dir, out, *extra)) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()

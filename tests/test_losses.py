@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nmtq.losses import distillation_loss
+from nmtq.losses import TopK, distillation_loss, top_k
 
 
 def _log_softmax(row: list[float], temperature: float) -> list[float]:
@@ -150,3 +150,35 @@ def test_matches_the_reference(rows, teacher_rows, labels, alpha, temperature):
     assert float(loss) == pytest.approx(expected, rel=1e-4, abs=1e-6)
     if alpha == 1.0:
         assert float(loss) >= -1e-6  # a KL divergence is never negative
+
+
+def test_top_k_with_the_whole_vocabulary_is_the_dense_loss():
+    torch.manual_seed(4)
+    student, teacher = torch.randn(2, 3, 7, dtype=torch.float64), torch.randn(2, 3, 7, dtype=torch.float64)
+    labels = torch.randint(0, 7, (2, 3))
+    labels[0, 2] = -100
+    for temperature in (1.0, 2.5):
+        dense = distillation_loss(student, teacher, labels, alpha=0.6, temperature=temperature)
+        cached = top_k(teacher, 7)
+        sparse = distillation_loss(student, cached, labels, alpha=0.6,
+                                   temperature=temperature)
+        assert float(sparse) == pytest.approx(float(dense), rel=1e-9)
+
+
+def test_top_k_renormalises_the_kept_classes_by_hand():
+    student = torch.tensor([[0.0, 0.0, 0.0, 0.0]])
+    teacher = TopK(torch.tensor([[2, 0]]), torch.log(torch.tensor([[0.6, 0.2]])))
+    loss = distillation_loss(student, teacher, torch.tensor([2]), alpha=1.0)
+    p = torch.tensor([0.75, 0.25])  # 0.6 and 0.2 renormalised
+    expected = float((p * (p.log() - math.log(0.25))).sum())
+    assert float(loss) == pytest.approx(expected, rel=1e-6)
+
+
+def test_top_k_that_does_not_fit_the_batch_is_refused():
+    student = torch.zeros(2, 5)
+    with pytest.raises(ValueError, match="do not match this batch"):
+        distillation_loss(student, TopK(torch.zeros(3, 2, dtype=torch.long), torch.zeros(3, 2)), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="another vocabulary"):
+        distillation_loss(student, TopK(torch.full((2, 2), 9), torch.zeros(2, 2)), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="between 1 and"):
+        top_k(student, 6)

@@ -1,0 +1,199 @@
+"""Teacher outputs computed once and kept on disk in shards, so students train without re-running the teacher.
+
+Two caches, each a directory named by a fingerprint of everything its content depends on (the teacher's weights,
+the training examples and the settings), so a changed teacher or corpus never reads a stale cache:
+
+* **sequence-level KD** (Kim & Rush, 2016): the teacher's beam-search translation of every training source,
+  ``seq-NNNNN.jsonl``; students then learn from these outputs instead of (or besides) the references;
+* **top-k logits** (Apprentice's scheme B, Mishra & Marr, 2018): for every target token of every training pair,
+  the teacher's ``k`` most likely tokens and their log-probabilities, ``topk-NNNNN.safetensors``; read back
+  lazily (memory-mapped), a shard at a time.
+
+Every shard is written atomically, so a run killed mid-way keeps the shards it finished and the next run
+computes only the rest. With several processes each computes every ``num_processes``-th shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .io import atomic_path, write_json_atomic, write_text_atomic
+from .losses import TopK, top_k
+
+META = "meta.json"
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short hex digest of JSON-able ``parts`` (lists of token ids included).
+
+    Example:
+        >>> fingerprint("a", [1, 2]) == fingerprint("a", [1, 2]) != fingerprint("a", [2, 1])
+        True
+    """
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(json.dumps(part, sort_keys=True, default=str).encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
+def teacher_fingerprint(name_or_path: str) -> str:
+    """Digest of a local teacher's config and weight files, or of a Hub id (its files are pinned by the Hub)."""
+    path = Path(name_or_path)
+    if not path.is_dir():
+        return fingerprint(name_or_path)
+    digest = hashlib.sha256()
+    for file in sorted([path / "config.json", *path.glob("*.safetensors")]):
+        if file.is_file():
+            with file.open("rb") as f:
+                for block in iter(lambda: f.read(1 << 22), b""):
+                    digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+class _Shards:
+    """A cache directory of ``{prefix}-NNNNN{suffix}`` shards of ``shard_size`` examples each."""
+
+    def __init__(self, directory: Path, prefix: str, suffix: str, num_examples: int, shard_size: int,
+                 meta: dict) -> None:
+        if shard_size < 1:
+            raise ValueError(f"cache_shard_size={shard_size}: pass a positive number of examples per shard")
+        self.directory, self.prefix, self.suffix = Path(directory), prefix, suffix
+        self.num_examples, self.shard_size = num_examples, shard_size
+        self.count = math.ceil(num_examples / shard_size)
+        self.meta = {**meta, "num_examples": num_examples, "shard_size": shard_size}
+
+    def path(self, shard: int) -> Path:
+        return self.directory / f"{self.prefix}-{shard:05d}{self.suffix}"
+
+    def span(self, shard: int) -> range:
+        return range(shard * self.shard_size, min((shard + 1) * self.shard_size, self.num_examples))
+
+    def fill(self, compute: Callable[[int], None], process_index: int, num_processes: int,
+             wait: Callable[[], None], log: Callable[[str], None]) -> None:
+        """Compute this process's missing shards, then wait until every process has written its own."""
+        todo = [i for i in range(self.count) if i % num_processes == process_index and not self.path(i).is_file()]
+        if process_index == 0:
+            write_json_atomic(self.directory / META, self.meta)
+            done = sum(self.path(i).is_file() for i in range(self.count))
+            log(f"teacher cache {self.directory}: {done} of {self.count} {self.prefix} shards present")
+        for shard in todo:
+            compute(shard)
+        wait()
+        missing = [str(self.path(i)) for i in range(self.count) if not self.path(i).is_file()]
+        if missing:
+            raise RuntimeError(f"teacher cache shards missing after every process finished: {missing[:3]}; "
+                               "another run may be writing the same cache: run again once it stops")
+
+
+def cache_translations(teacher, tokenizer, sources: Sequence[str], directory: str | Path, *, num_beams: int,
+                       max_new_tokens: int, batch_size: int, shard_size: int = 2048, process_index: int = 0,
+                       num_processes: int = 1, wait: Callable[[], None] = lambda: None,
+                       log: Callable[[str], None] = print) -> list[str]:
+    """The teacher's beam-search translation of each source, computed once into ``directory`` and read back."""
+    from .evaluation import translate
+
+    shards = _Shards(Path(directory), "seq", ".jsonl", len(sources), shard_size,
+                     {"kind": "translations", "num_beams": num_beams, "max_new_tokens": max_new_tokens})
+
+    def compute(shard: int) -> None:
+        span = shards.span(shard)
+        outputs = translate(teacher, tokenizer, [sources[i] for i in span], num_beams=num_beams,
+                            max_new_tokens=max_new_tokens, batch_size=batch_size, progress=process_index == 0)
+        write_text_atomic(shards.path(shard), "".join(json.dumps(t, ensure_ascii=False) + "\n" for t in outputs))
+
+    shards.fill(compute, process_index, num_processes, wait, log)
+    translations: list[str] = []
+    for shard in range(shards.count):
+        lines = shards.path(shard).read_text(encoding="utf-8").splitlines()
+        if len(lines) != len(shards.span(shard)):
+            raise ValueError(f"{shards.path(shard)} holds {len(lines)} translations, expected "
+                             f"{len(shards.span(shard))}: delete it and run again to recompute it")
+        translations.extend(json.loads(line) for line in lines)
+    return translations
+
+
+class TopKCache:
+    """Read-only view of cached top-k teacher outputs: ``cache[i]`` is example ``i``'s :class:`TopK`.
+
+    Shards are opened memory-mapped on first use, so a cache larger than memory is fine.
+    """
+
+    def __init__(self, shards: _Shards) -> None:
+        self.shards, self._open = shards, {}
+        self.k = shards.meta["k"]
+
+    def __len__(self) -> int:
+        return self.shards.num_examples
+
+    def _shard(self, shard: int):
+        if shard not in self._open:
+            from safetensors import safe_open
+
+            handle = safe_open(str(self.shards.path(shard)), framework="pt")
+            lengths = handle.get_tensor("lengths")
+            if len(lengths) != len(self.shards.span(shard)):
+                raise ValueError(f"{self.shards.path(shard)} holds {len(lengths)} examples, expected "
+                                 f"{len(self.shards.span(shard))}: delete it and run again to recompute it")
+            offsets = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)]).tolist()
+            self._open[shard] = (handle, offsets)
+        return self._open[shard]
+
+    def __getitem__(self, index: int) -> TopK:
+        if not 0 <= index < len(self):
+            raise IndexError(f"example {index} is not in the teacher cache of {len(self)} examples")
+        shard, row = divmod(index, self.shards.shard_size)
+        handle, offsets = self._shard(shard)
+        start, stop = offsets[row], offsets[row + 1]
+        return TopK(handle.get_slice("ids")[start:stop], handle.get_slice("log_probs")[start:stop])
+
+
+def cache_top_k(teacher, rows: Sequence[dict], collate: Callable[[list[dict]], dict], directory: str | Path, *,
+                k: int, batch_size: int, shard_size: int = 2048, process_index: int = 0, num_processes: int = 1,
+                wait: Callable[[], None] = lambda: None, log: Callable[[str], None] = print) -> TopKCache:
+    """The teacher's top-``k`` log-probabilities at every target token of ``rows`` (``input_ids``, ``labels``).
+
+    ``collate`` pads a list of rows into a batch with ``decoder_input_ids`` (``DataCollatorForSeq2Seq`` given the
+    model), the same decoder inputs the student is trained on; the teacher runs on its own device.
+    """
+    from safetensors.torch import save_file
+    from tqdm.auto import tqdm
+
+    shards = _Shards(Path(directory), "topk", ".safetensors", len(rows), shard_size, {"kind": "top_k", "k": k})
+    device = next(teacher.parameters()).device
+
+    @torch.inference_mode()
+    def compute(shard: int) -> None:
+        span = list(shards.span(shard))
+        ids: list[torch.Tensor] = [torch.empty(0)] * len(span)
+        log_probs: list[torch.Tensor] = [torch.empty(0)] * len(span)
+        order = sorted(range(len(span)), key=lambda j: -len(rows[span[j]]["labels"]))
+        teacher.eval()
+        for start in tqdm(range(0, len(order), batch_size), desc=f"teacher top-{k}, shard {shard}",
+                          disable=process_index != 0):
+            batch_rows = order[start:start + batch_size]
+            batch = collate([{f: rows[span[j]][f] for f in ("input_ids", "labels")} for j in batch_rows])
+            batch = {name: t.to(device) for name, t in batch.items() if name != "labels"}  # decoder inputs stay
+            cached = top_k(teacher(**batch).logits, k)
+            for position, j in enumerate(batch_rows):
+                length = len(rows[span[j]]["labels"])
+                ids[j] = cached.ids[position, :length].to(torch.int32).cpu()
+                log_probs[j] = cached.log_probs[position, :length].to(torch.float16).cpu()
+        with atomic_path(shards.path(shard)) as tmp:
+            save_file({"ids": torch.cat(ids), "log_probs": torch.cat(log_probs),
+                       "lengths": torch.tensor([len(t) for t in ids], dtype=torch.int64)}, str(tmp))
+
+    shards.fill(compute, process_index, num_processes, wait, log)
+    return TopKCache(shards)
+
+
+def cache_directory(root: str | Path, kind: str, *parts: Any) -> Path:
+    """``root/kind-FINGERPRINT``: one directory per distinct teacher, data and settings."""
+    return Path(root) / f"{kind}-{fingerprint(*parts)}"
