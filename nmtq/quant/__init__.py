@@ -11,6 +11,7 @@ from .autograd import allocate_bits, fake_quantize, init_points, quantize_with_p
 from .config import QuantizerConfig
 from .functional import QuantizedTensor, encode_tensor, encode_to_points, quantize_tensor, quantize_to_points
 from .huffman import HuffmanStats, huffman_code_lengths, huffman_stats
+from .prune import magnitude_mask, sparsity_at
 from .quantizer import Quantizer, select_parameters
 from .size import SizeReport, TensorSize, size_report
 
@@ -28,9 +29,11 @@ __all__ = [
     "huffman_code_lengths",
     "huffman_stats",
     "init_points",
+    "magnitude_mask",
     "quantize_tensor",
     "quantize_to_points",
     "quantize_with_points",
     "select_parameters",
     "size_report",
+    "sparsity_at",
 ]

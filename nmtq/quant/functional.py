@@ -79,6 +79,14 @@ def check_points(points: torch.Tensor) -> None:
         raise ValueError("points must be sorted in ascending order: pass torch.sort(points).values")
 
 
+def check_mask(mask: object, shape: torch.Size | tuple[int, ...], name: str = "mask") -> None:
+    """Raise a ``ValueError`` unless ``mask`` is a bool tensor of ``shape`` (True = weight kept)."""
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        raise ValueError(f"{name} must be a bool tensor (True where the weight is kept); convert it with .bool()")
+    if tuple(mask.shape) != tuple(shape):
+        raise ValueError(f"{name} has shape {tuple(mask.shape)}, the weight has shape {tuple(shape)}")
+
+
 def _check(w: torch.Tensor, bits: int, bucket_size: BucketSize, scaling: str) -> None:
     check_scaling(scaling)
     check_bits(bits, scaling)
@@ -233,6 +241,8 @@ class QuantizedTensor:
     ``codes`` holds one unsigned integer per value (flattened): a level index for uniform quantization
     (absmax codes are offset by ``max_code`` so they are non-negative) or an index into ``points``.
     ``ranges`` holds, per bucket, (min, max) for linear scaling or (max|w|,) for absmax.
+    ``mask`` (pruning, optional) is a bool tensor of ``shape``: where it is False the value decodes to exactly
+    0, and only the codes where it is True are stored (see :mod:`nmtq.quant.size`).
     """
 
     codes: torch.Tensor
@@ -243,6 +253,11 @@ class QuantizedTensor:
     shape: torch.Size
     dtype: torch.dtype
     points: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.mask is not None:
+            check_mask(self.mask, self.shape)
 
     @property
     def num_symbols(self) -> int:
@@ -264,7 +279,8 @@ class QuantizedTensor:
             if self.scaling == "absmax":
                 y = y.sub_(max_code(self.bits, self.scaling))
             out = _dequantize_levels(y, self.ranges, self.bits, self.scaling)
-        return unbucket(out, self.shape, self.dtype)
+        out = unbucket(out, self.shape, self.dtype)
+        return out if self.mask is None else torch.where(self.mask, out, 0.0)
 
 
 def code_dtype(bits: int) -> torch.dtype:

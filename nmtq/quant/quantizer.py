@@ -5,6 +5,10 @@ the full-precision shadow weight receives the gradient (straight-through estimat
 the points do. In its *quantized state* the weights are replaced by the values their integer codes decode to,
 and :meth:`Quantizer.quantized_state` holds the codes; :meth:`Quantizer.restore_full_precision` goes back.
 
+Pruning + quantization (Han et al.'s Deep Compression): :meth:`Quantizer.prune` gives each weight tensor a
+magnitude mask m that only shrinks. The forward pass then sees Q(w * m) * m, so pruned weights are exactly 0
+and get no gradient; the codes carry the mask, and the size counts a bitmap plus the kept weights' codes.
+
 Why forward hooks on each owning module rather than ``torch.nn.utils.parametrize``: parametrize renames the
 parameters in ``state_dict`` (``...parametrizations.weight.original``), which breaks ``save_pretrained``
 and tied embeddings; hooks leave the model's parameters, names and checkpoints exactly as they were.
@@ -30,6 +34,7 @@ from torch import nn
 from .autograd import allocate_bits, fake_quantize, init_points, quantize_with_points
 from .config import QuantizerConfig
 from .functional import QuantizedTensor, check_weights, encode_tensor, encode_to_points
+from .prune import as_mask, magnitude_mask
 from .size import SizeReport, size_report, stored_tensors
 
 POINTS_SUFFIX = "_quant_points"
@@ -37,7 +42,8 @@ POINTS_SUFFIX = "_quant_points"
 
 @dataclasses.dataclass(eq=False)
 class QuantizedParameter:
-    """One selected tensor: its names (tied weights have several), owners, bits and learned points."""
+    """One selected tensor: its names (tied weights have several), owners, bits, learned points and pruning
+    mask (bool, True = kept; None until :meth:`Quantizer.prune` prunes something)."""
 
     name: str
     aliases: tuple[str, ...]
@@ -45,6 +51,7 @@ class QuantizedParameter:
     owners: list[tuple[nn.Module, str]]
     bits: int
     points: nn.Parameter | None = None
+    mask: torch.Tensor | None = None
 
 
 Slot = tuple[nn.Module, str, QuantizedParameter]  # where a selected weight lives: (owner, attribute, entry)
@@ -160,10 +167,15 @@ class Quantizer:
         key = (e.param._version, e.bits, None if e.points is None else e.points._version)
         if cacheable and e in self._cache and self._cache[e][0] == key:
             return self._cache[e][1]
+        mask = self._mask(e)
+        # Q(w * m) * m: pruned weights are exactly 0 and, through torch.where, get no gradient
+        w = e.param if mask is None else torch.where(mask, e.param, 0.0)
         if e.points is not None:
-            q = quantize_with_points(e.param, e.points, self.config.bucket_size)
+            q = quantize_with_points(w, e.points, self.config.bucket_size)
         else:
-            q = fake_quantize(e.param, e.bits, self.config.bucket_size, self.config.scaling, stochastic)
+            q = fake_quantize(w, e.bits, self.config.bucket_size, self.config.scaling, stochastic)
+        if mask is not None:
+            q = torch.where(mask, q, 0.0)
         if cacheable:
             self._cache[e] = (key, q)
         return q
@@ -268,12 +280,14 @@ class Quantizer:
         """Integer codes of every selected weight (deterministic rounding), keyed by parameter name."""
         if self._state is not None:
             return dict(self._state)
-        bucket = self.config.bucket_size
-        return {
-            e.name: encode_to_points(e.param.detach(), e.points.detach(), bucket) if e.points is not None
-            else encode_tensor(e.param.detach(), e.bits, bucket, self.config.scaling)
-            for e in self.params
-        }
+        return {e.name: self._encode(e) for e in self.params}
+
+    def _encode(self, e: QuantizedParameter) -> QuantizedTensor:
+        mask, bucket = self._mask(e), self.config.bucket_size
+        w = e.param.detach() if mask is None else torch.where(mask, e.param.detach(), 0.0)
+        q = encode_to_points(w, e.points.detach(), bucket) if e.points is not None \
+            else encode_tensor(w, e.bits, bucket, self.config.scaling)
+        return q if mask is None else dataclasses.replace(q, mask=mask.clone())
 
     def quantize(self) -> dict[str, QuantizedTensor]:
         """Put the model in its real quantized state: each weight becomes decode(codes). Returns the codes."""
@@ -326,6 +340,69 @@ class Quantizer:
         self.model._nmtq_quantizer = None
         return self.model
 
+    # ------------------------------------------------------------------------------------------ pruning
+    def _mask(self, e: QuantizedParameter) -> torch.Tensor | None:
+        if e.mask is not None and e.mask.device != e.param.device:
+            e.mask = e.mask.to(e.param.device)  # masks are not buffers, so they follow model.to() here
+        return e.mask
+
+    def _check_training_state(self, action: str) -> None:
+        if self._state is not None:
+            raise ValueError(f"the model is in its quantized state: call quantizer.restore_full_precision() "
+                             f"before {action}")
+
+    @torch.no_grad()
+    def prune(self, sparsity: float) -> float:
+        """Prune the ``sparsity`` fraction of smallest-magnitude weights of every quantized tensor.
+
+        Each tensor's mask only shrinks (see :func:`~nmtq.quant.prune.magnitude_mask`); the pruned shadow
+        weights are set to 0. Call it on a schedule, e.g. every few hundred steps with
+        :func:`~nmtq.quant.prune.sparsity_at`. Returns the overall sparsity of the quantized weights.
+
+        Example:
+            >>> model = torch.nn.Linear(10, 10, bias=False)
+            >>> quantizer = Quantizer(model, bits=4)
+            >>> quantizer.prune(0.5), int((model.weight == 0).sum())
+            (0.5, 50)
+        """
+        self._check_training_state("prune()")
+        masks = [magnitude_mask(e.param, sparsity, self._mask(e)) for e in self.params]  # checked before changes
+        for e, mask in zip(self.params, masks):
+            if e.mask is not None or not bool(mask.all()):  # an unpruned tensor stays unmasked: no bitmap
+                e.mask = mask
+                e.param.masked_fill_(~mask, 0)
+        self._cache.clear()
+        return self.sparsity()
+
+    def sparsity(self) -> float:
+        """Fraction of the quantized weights that are pruned (0.0 before :meth:`prune`)."""
+        total = sum(e.param.numel() for e in self.params)
+        pruned = sum(int((~e.mask).sum()) for e in self.params if e.mask is not None)
+        return pruned / total if total else 0.0
+
+    def mask_state(self) -> dict[str, torch.Tensor]:
+        """The masks of the pruned tensors (name -> bool CPU tensor), e.g. for ``safetensors.torch.save_file``."""
+        return {e.name: e.mask.to("cpu", copy=True) for e in self.params if e.mask is not None}
+
+    @torch.no_grad()
+    def load_mask_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Restore :meth:`mask_state` (bool or 0/1 uint8 masks); a tensor without an entry becomes unpruned.
+
+        The pruned shadow weights are set to 0, as :meth:`prune` leaves them.
+        """
+        self._check_training_state("load_mask_state()")
+        params = {e.name: e for e in self.params}
+        unknown = sorted(set(state) - set(params))
+        if unknown:
+            raise ValueError(f"masks {unknown[:5]} name no quantized parameter of this model; quantized "
+                             f"parameters are named like {list(params)[:3]}")
+        masks = {n: as_mask(m, params[n].param.shape, f"the mask of {n}") for n, m in state.items()}
+        for e in self.params:
+            e.mask = masks[e.name].to(e.param.device, copy=True) if e.name in masks else None
+            if e.mask is not None:
+                e.param.masked_fill_(~e.mask, 0)
+        self._cache.clear()
+
     # ------------------------------------------------------------------------------------------ size and state
     def size(self, huffman: bool = True, not_stored: Iterable[str] = ()) -> SizeReport:
         """Exact storage of the quantized model (codes, Huffman codes, bucket scales, full-precision rest).
@@ -338,8 +415,10 @@ class Quantizer:
         return size_report(self.encode(), rest, huffman=huffman)
 
     def state_dict(self) -> dict[str, object]:
-        """Bits per tensor and whether points are learned; the points themselves are in the model's state_dict."""
-        return {"bits": {e.name: e.bits for e in self.params}, "learn_points": self.config.learn_points}
+        """Bits per tensor, whether points are learned and the sparsity (for the record; masks are in
+        :meth:`mask_state`); the points themselves are in the model's state_dict."""
+        return {"bits": {e.name: e.bits for e in self.params}, "learn_points": self.config.learn_points,
+                "sparsity": self.sparsity()}
 
     def load_state_dict(self, state: Mapping[str, object]) -> None:
         """Restore :meth:`state_dict` (before loading the model's own state_dict, which holds the points)."""

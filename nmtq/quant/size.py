@@ -7,6 +7,11 @@ Counted, in bits:
 * points: the learned quantization points of each tensor;
 * full precision: every other tensor (biases, norms, excluded layers, buffers) at its own width.
 The reference is the same model with every floating-point tensor in fp32.
+
+A pruned tensor (its :class:`QuantizedTensor` has a ``mask``) is stored as a bitmap of the mask, one bit per
+weight, plus the codes of the kept weights only: ``code_bits = kept * bits + numel``, of which ``mask_bits =
+numel`` is the bitmap. Its Huffman size likewise codes only the kept weights' codes, plus the table and the
+bitmap. Scales and points are counted as for any other tensor. Unpruned tensors have ``mask_bits = 0``.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from .huffman import huffman_stats, symbol_counts
 
 @dataclass(frozen=True)
 class TensorSize:
-    """Size of one quantized tensor."""
+    """Size of one quantized tensor; ``code_bits`` and ``huffman_bits`` include the ``mask_bits`` bitmap."""
 
     name: str
     numel: int
@@ -33,6 +38,12 @@ class TensorSize:
     entropy: float
     scale_bits: int
     points_bits: int
+    mask_bits: int = 0
+
+    @property
+    def kept(self) -> int:
+        """Number of weights whose codes are stored (all of them unless the tensor is pruned)."""
+        return (self.code_bits - self.mask_bits) // self.bits
 
     @property
     def mean_huffman_length(self) -> float:
@@ -57,7 +68,13 @@ class SizeReport:
 
     @property
     def entropy_bits(self) -> float:
-        return sum(t.entropy * t.numel for t in self.tensors)
+        """Entropy of the stored codes plus the mask bitmaps: the floor of ``huffman_bits`` without tables."""
+        return sum(t.entropy * t.kept + t.mask_bits for t in self.tensors)
+
+    @property
+    def mask_bits(self) -> int:
+        """Bitmaps of the pruned tensors (already part of ``code_bits`` and ``huffman_bits``)."""
+        return sum(t.mask_bits for t in self.tensors)
 
     @property
     def overhead_bits(self) -> int:
@@ -95,15 +112,17 @@ class SizeReport:
 
     def table(self) -> str:
         """A plain-text summary, one line per quantized tensor and the totals."""
-        lines = [f"{'tensor':40} {'numel':>10} {'bits':>4} {'huffman b/w':>11} {'entropy':>7}"]
+        lines = [f"{'tensor':40} {'numel':>10} {'bits':>4} {'pruned':>6} {'huffman b/w':>11} {'entropy':>7}"]
         for t in self.tensors:
-            lines.append(f"{t.name[:40]:40} {t.numel:>10} {t.bits:>4} {t.mean_huffman_length:>11.3f} "
+            pruned = 1 - t.kept / t.numel if t.numel else 0.0
+            lines.append(f"{t.name[:40]:40} {t.numel:>10} {t.bits:>4} {pruned:>6.1%} {t.mean_huffman_length:>11.3f} "
                          f"{t.entropy:>7.3f}")
         lines.append(
             f"fp32 {self.fp32_bytes:,} B | packed {self.total_bytes:,} B ({self.compression_ratio:.2f}x) | "
             f"Huffman {self.total_huffman_bytes:,} B ({self.huffman_compression_ratio:.2f}x) | "
             f"scales+points {math.ceil(self.overhead_bits / 8):,} B | "
             f"full precision {math.ceil(self.full_precision_bits / 8):,} B"
+            + (f" | mask bitmaps {math.ceil(self.mask_bits / 8):,} B (in packed)" if self.mask_bits else "")
         )
         return "\n".join(lines)
 
@@ -117,16 +136,19 @@ def _fp32_bits(t: torch.Tensor) -> int:
 
 
 def tensor_size(name: str, q: QuantizedTensor, huffman: bool = True) -> TensorSize:
-    """Bits of one :class:`QuantizedTensor`: codes, Huffman-coded codes, scales and points."""
+    """Bits of one :class:`QuantizedTensor`: codes (of the kept weights and a mask bitmap if it is pruned),
+    Huffman-coded codes, scales and points."""
     numel = q.codes.numel()
-    if huffman and numel:
-        stats = huffman_stats(symbol_counts(q.codes, q.num_symbols))
-        huffman_bits, entropy = stats.total_bits + stats.table_bits, stats.entropy
+    codes = q.codes if q.mask is None else q.codes[q.mask.reshape(-1)]
+    mask_bits = 0 if q.mask is None else numel
+    if huffman and codes.numel():
+        stats = huffman_stats(symbol_counts(codes, q.num_symbols))
+        huffman_bits, entropy = stats.total_bits + stats.table_bits + mask_bits, stats.entropy
     else:
-        huffman_bits, entropy = numel * q.bits, float(q.bits)
+        huffman_bits, entropy = codes.numel() * q.bits + mask_bits, float(q.bits)
     points_bits = _tensor_bits(q.points) if q.points is not None else 0
-    return TensorSize(name, numel, q.bits, numel * q.bits, huffman_bits, entropy, _tensor_bits(q.ranges),
-                      points_bits)
+    return TensorSize(name, numel, q.bits, codes.numel() * q.bits + mask_bits, huffman_bits, entropy,
+                      _tensor_bits(q.ranges), points_bits, mask_bits)
 
 
 def stored_tensors(module: torch.nn.Module, skip: Iterable[torch.Tensor] = (),
