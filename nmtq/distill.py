@@ -22,6 +22,11 @@ What the student learns from:
 * ``--teacher_top_k K``: Apprentice's scheme B, the teacher's top-K log-probabilities per target token computed
   once and cached in shards (``nmtq.teacher_cache``), so training never runs the teacher.
 
+Pruning, quantization and distillation together (PQK; Deep Compression): ``--sparsity S`` with ``qd`` or ``dq``
+prunes the smallest weights of the quantized tensors on Zhu & Gupta's cubic schedule, from ``prune_start_step``
+to ``prune_end_step``, every ``prune_every`` steps; with ``ptq`` it prunes once before quantizing. A pruned
+weight costs one bit of a mask bitmap on disk instead of its code.
+
 Apprentice's scheme C (a trained full-precision student fine-tuned at low precision with distillation) is
 ``--method qd --student_name_or_path DIR``.
 """
@@ -37,10 +42,11 @@ import torch
 from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, TrainerCallback
 
 from .args import DataArguments, NmtTrainingArguments
-from .io import write_json_atomic
+from .io import atomic_path, write_json_atomic
 from .losses import TopK, distillation_loss
 from .models import load_model
 from .quant import Quantizer, QuantizerConfig, SizeReport, size_report
+from .quant.prune import sparsity_at
 from .quant.quantizer import POINTS_SUFFIX
 from .quant.size import stored_tensors
 from .student import make_student
@@ -57,6 +63,7 @@ from .train import (
 
 METHODS = ("fp", "kd", "ptq", "qd", "dq")
 QUANTIZER_STATE = "quantizer.json"
+MASKS = "quantizer-masks.safetensors"
 
 
 @dataclass
@@ -86,6 +93,13 @@ class DistillArguments:
         default=None, metadata={"help": "dq: alternate quantized distillation of the weights and learning of the "
                                         "points, switching every N optimizer steps or every 'epoch'; unset: only "
                                         "the points of a trained student are learned."})
+    sparsity: float = field(
+        default=0.0, metadata={"help": "Prune this fraction of every quantized tensor, smallest magnitudes first "
+                                       "(qd, dq: on a schedule while training; ptq: at once)."})
+    prune_start_step: int = field(default=0, metadata={"help": "First step of the pruning schedule."})
+    prune_end_step: int | None = field(
+        default=None, metadata={"help": "Step at which --sparsity is reached (default: two thirds of the run)."})
+    prune_every: int = field(default=50, metadata={"help": "Steps between two pruning updates."})
     sequence_kd: float = field(
         default=0.0, metadata={"help": "Weight of sequence-level KD: the loss on the teacher's beam translations of "
                                        "the training sources (made once, cached); 0: references only, 1: "
@@ -123,6 +137,14 @@ class DistillArguments:
             raise ValueError("teacher_top_k must be 0 (live teacher) or a positive k, and cache_shard_size positive")
         if self.method == "ptq" and (self.sequence_kd or self.teacher_top_k):
             raise ValueError("method=ptq does no training: sequence_kd and teacher_top_k do not apply; drop them")
+        if not 0 <= self.sparsity < 1 or self.prune_every < 1 or self.prune_start_step < 0:
+            raise ValueError(f"sparsity={self.sparsity}, prune_every={self.prune_every}, prune_start_step="
+                             f"{self.prune_start_step}: pass 0 <= sparsity < 1, prune_every >= 1, start >= 0")
+        if self.sparsity and not self.quantized:
+            raise ValueError(f"sparsity prunes the quantized tensors: use method qd, dq or ptq, not {self.method}")
+        if self.prune_end_step is not None and self.prune_end_step < self.prune_start_step:
+            raise ValueError(f"prune_end_step={self.prune_end_step} comes before prune_start_step="
+                             f"{self.prune_start_step}")
         if self.method == "fp" and self.teacher_top_k:
             raise ValueError("method=fp trains on the references alone, without the teacher's distribution: drop "
                              "teacher_top_k, or use method kd")
@@ -273,15 +295,60 @@ class DistillationCollator:
 
 
 class SaveQuantizerState(TrainerCallback):
-    """Write the quantizer's bit allocation into every checkpoint (its points are in the model's weights)."""
+    """Write the quantizer's bit allocation and pruning masks into every checkpoint (points are model weights)."""
 
     def __init__(self, quantizer: Quantizer) -> None:
         self.quantizer = quantizer
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            path = Path(args.output_dir) / f"checkpoint-{state.global_step}" / QUANTIZER_STATE
-            write_json_atomic(path, self.quantizer.state_dict())
+            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            masks = self.quantizer.mask_state()
+            if masks:
+                from safetensors.torch import save_file
+
+                with atomic_path(checkpoint / MASKS) as tmp:
+                    save_file({name: mask.to(torch.uint8) for name, mask in masks.items()}, str(tmp))
+            write_json_atomic(checkpoint / QUANTIZER_STATE, self.quantizer.state_dict())  # last: marks it whole
+
+
+def load_quantizer_state(quantizer: Quantizer, checkpoint: str | Path) -> None:
+    """Restore what :class:`SaveQuantizerState` wrote into ``checkpoint`` (nothing if it holds no quantizer)."""
+    checkpoint = Path(checkpoint)
+    if (checkpoint / QUANTIZER_STATE).is_file():
+        quantizer.load_state_dict(json.loads((checkpoint / QUANTIZER_STATE).read_text()))
+    if (checkpoint / MASKS).is_file():
+        from safetensors.torch import load_file
+
+        quantizer.load_mask_state(load_file(str(checkpoint / MASKS)))
+
+
+class PruneSchedule(TrainerCallback):
+    """Magnitude pruning of the quantized tensors on Zhu & Gupta's cubic schedule, every ``every`` steps.
+
+    Masks only shrink, so a resumed run (masks restored from the checkpoint) continues where it stopped. When
+    training ends early (a time budget), the final sparsity is applied at the end and the log says so.
+    """
+
+    def __init__(self, quantizer: Quantizer, sparsity: float, start: int, end: int | None, every: int, log) -> None:
+        self.quantizer, self.sparsity, self.start, self.end, self.every, self.log = (
+            quantizer, sparsity, start, end, every, log)
+
+    def _end(self, state) -> int:
+        return self.end if self.end is not None else max(self.start, (2 * state.max_steps) // 3)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        step, end = state.global_step, self._end(state)
+        if step >= self.start and ((step - self.start) % self.every == 0 or step == end):
+            target = sparsity_at(step, self.sparsity, self.start, max(end, self.start))
+            if target > self.quantizer.sparsity():
+                self.quantizer.prune(target)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.quantizer.sparsity() < self.sparsity:
+            self.log(f"training stopped at step {state.global_step}, before the pruning schedule ended: pruning to "
+                     f"{self.sparsity} now, without retraining")
+            self.quantizer.prune(self.sparsity)
 
 
 def build_student(distill_args: DistillArguments, teacher):
@@ -360,6 +427,8 @@ def distill(data_args: DataArguments, distill_args: DistillArguments, quant_conf
             log(f"bits by gradient norm (mean {distill_args.mean_bits}): {sorted(set(bits.values()))}")
         if distill_args.method == "dq" and distill_args.alternate_every is None:
             quantizer.train_points_only()
+        if distill_args.method == "ptq" and distill_args.sparsity:
+            log(f"pruned to sparsity {quantizer.prune(distill_args.sparsity):.3f} before quantizing")
     alpha = 0.0 if distill_args.method == "fp" else distill_args.alpha
     if distill_args.method != "ptq":
         train_set, top_k = teacher_targets(train_set, teacher, tokenizer, student, data_args, distill_args,
@@ -367,7 +436,7 @@ def distill(data_args: DataArguments, distill_args: DistillArguments, quant_conf
         if top_k and (alpha == 0 or set(top_k) >= {"labels", "teacher_labels"} & set(train_set.column_names)):
             teacher = None  # every batch carries the teacher's outputs: it need not even be on the device
         _train(student, teacher, tokenizer, train_set, top_k, quantizer, alpha, distill_args, training_args,
-               checkpoint)
+               checkpoint, log)
     return _finish(student, tokenizer, quantizer, teacher_size, splits["test"], data_args, distill_args, training_args,
                    log)
 
@@ -416,12 +485,16 @@ def teacher_targets(train_set, teacher, tokenizer, student, data_args: DataArgum
     return train_set, caches
 
 
-def _train(student, teacher, tokenizer, train_set, top_k, quantizer, alpha, distill_args, training_args, checkpoint):
-    if checkpoint and quantizer is not None and (Path(checkpoint) / QUANTIZER_STATE).is_file():
-        quantizer.load_state_dict(json.loads((Path(checkpoint) / QUANTIZER_STATE).read_text()))
+def _train(student, teacher, tokenizer, train_set, top_k, quantizer, alpha, distill_args, training_args, checkpoint,
+           log):
+    if checkpoint and quantizer is not None:
+        load_quantizer_state(quantizer, checkpoint)
     callbacks = time_budget(training_args)
     if quantizer is not None:
         callbacks.append(SaveQuantizerState(quantizer))
+    if distill_args.sparsity:
+        callbacks.append(PruneSchedule(quantizer, distill_args.sparsity, distill_args.prune_start_step,
+                                       distill_args.prune_end_step, distill_args.prune_every, log))
     training_args.remove_unused_columns = False  # the collator reads example_id and teacher_labels
     trainer = DistillationTrainer(
         model=student, args=training_args, train_dataset=train_set,
@@ -440,11 +513,11 @@ def _finish(student, tokenizer, quantizer, teacher_size: SizeReport, test_set, d
     student = student.module if hasattr(student, "module") else student
     if quantizer is not None:
         quantizer.quantize()
-        size = quantizer.size(not_stored=not_stored(student))
+        size, sparsity = quantizer.size(not_stored=not_stored(student)), quantizer.sparsity()
         quantization = {"config": dataclasses.asdict(quantizer.config), **quantizer.state_dict()}
         quantizer.remove()  # hooks and points go; the weights now hold Q(w)
     else:
-        size, quantization = fp32_size(student), None
+        size, quantization, sparsity = fp32_size(student), None, 0.0
     metrics: dict = {}
     if training_args.process_index == 0:
         output_dir = Path(training_args.output_dir)
@@ -459,7 +532,8 @@ def _finish(student, tokenizer, quantizer, teacher_size: SizeReport, test_set, d
                        ratio_vs_fp32_teacher=round(teacher_size.total_bits / size.total_bits, 2),
                        encoder_layers=student.config.encoder_layers, decoder_layers=student.config.decoder_layers,
                        sequence_kd=distill_args.sequence_kd, teacher_top_k=distill_args.teacher_top_k,
-                       alternate_every=distill_args.alternate_every)
+                       alternate_every=distill_args.alternate_every,
+                       sparsity=round(sparsity, 4))
         write_json_atomic(output_dir / "test" / "metrics.json", metrics)
         log(f"size: {size.total_bytes:,} bytes ({metrics['ratio_vs_fp32_teacher']}x smaller than the fp32 teacher's "
             f"{teacher_size.total_bytes:,})" + (f"; Huffman-coded {size.total_huffman_bytes:,}" if quantizer else ""))

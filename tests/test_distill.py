@@ -325,6 +325,8 @@ def test_dq_alternating_from_the_teachers_copy_runs_end_to_end(corpus, teacher_d
         (["--sequence_kd", "1.5"], "between 0"),
         (["--method", "fp", "--teacher_top_k", "4"], "use method kd"),
         (["--method", "ptq", "--student_name_or_path", "x", "--sequence_kd", "1"], "does no training"),
+        (["--method", "kd", "--sparsity", "0.5"], "use method qd, dq or ptq"),
+        (["--method", "qd", "--sparsity", "1.0"], "sparsity < 1"),
     ],
 )
 def test_bad_teacher_target_arguments(extra, message, corpus, teacher_dir, tmp_path, capsys):
@@ -332,3 +334,34 @@ def test_bad_teacher_target_arguments(extra, message, corpus, teacher_dir, tmp_p
     assert main(distill_argv(corpus, teacher_dir, out, *extra)) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_pruning_with_quantized_distillation_shrinks_the_student_and_resumes(corpus, teacher_dir, tmp_path):
+    dense, pruned = tmp_path / "dense", tmp_path / "pruned"
+    assert main(distill_argv(corpus, teacher_dir, dense, "--method", "qd", "--max_steps", "2",
+                             "--save_strategy", "no")) == 0
+    argv = distill_argv(corpus, teacher_dir, pruned, "--method", "qd", "--sparsity", "0.5", "--prune_every", "1",
+                        "--prune_end_step", "2", "--save_steps", "2")
+    assert main([*argv, "--max_steps", "2"]) == 0
+    from safetensors.torch import load_file
+
+    masks = load_file(str(pruned / "checkpoint-2" / "quantizer-masks.safetensors"))
+    assert masks and all(0.2 < 1 - m.float().mean() <= 0.5 for m in masks.values())  # halfway up the schedule
+    assert main([*argv, "--max_steps", "4", "--resume_from_checkpoint", "last"]) == 0
+    after = load_file(str(pruned / "checkpoint-4" / "quantizer-masks.safetensors"))
+    assert all(torch.all(after[n] <= m) for n, m in masks.items())  # resumed masks only shrink
+    metrics = {d.name: json.loads((d / "test" / "metrics.json").read_text()) for d in (dense, pruned)}
+    assert metrics["pruned"]["sparsity"] == pytest.approx(0.5, abs=0.01) and metrics["dense"]["sparsity"] == 0
+    assert metrics["pruned"]["bytes"] < metrics["dense"]["bytes"]
+    weight = load_model(pruned).model.encoder.layers[0].fc1.weight
+    assert float((weight == 0).float().mean()) >= 0.5  # pruned weights are exact zeros on disk
+
+
+def test_ptq_prunes_at_once(corpus, teacher_dir, tmp_path):
+    kd = tmp_path / "kd"
+    assert main(distill_argv(corpus, teacher_dir, kd, "--method", "kd", "--max_steps", "1",
+                             "--save_strategy", "no")) == 0
+    out = tmp_path / "ptq"
+    assert main(distill_argv(corpus, teacher_dir, out, "--method", "ptq", "--student_name_or_path", str(kd),
+                             "--sparsity", "0.75")) == 0
+    assert json.loads((out / "test" / "metrics.json").read_text())["sparsity"] == pytest.approx(0.75, abs=0.01)
