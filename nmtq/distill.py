@@ -44,7 +44,7 @@ from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, TrainerCallback
 from .args import DataArguments, NmtTrainingArguments
 from .io import atomic_path, write_json_atomic
 from .losses import TopK, distillation_loss
-from .models import load_model
+from .models import enable_generation_cache, load_model
 from .quant import Quantizer, QuantizerConfig, SizeReport, size_report
 from .quant.prune import sparsity_at
 from .quant.quantizer import POINTS_SUFFIX
@@ -511,6 +511,7 @@ def _finish(student, tokenizer, quantizer, teacher_size: SizeReport, test_set, d
             log) -> dict:
     """Quantize for real, measure the size, save the student (weights = decoded codes) and score it."""
     student = student.module if hasattr(student, "module") else student
+    enable_generation_cache(student)
     if quantizer is not None:
         quantizer.quantize()
         size, sparsity = quantizer.size(not_stored=not_stored(student)), quantizer.sparsity()

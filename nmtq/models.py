@@ -67,7 +67,17 @@ def load_model(name_or_path: str | os.PathLike):
             f"save_pretrained with model.safetensors, or a Hub id when online ({err})"
         ) from err
     freeze_fixed_tables(model)
+    enable_generation_cache(model)
     return model
+
+
+def enable_generation_cache(model) -> None:
+    """Decode with the key/value cache. The Trainer sets ``config.use_cache = False`` (its ``use_cache``
+    argument defaults to False) and a model saved after training keeps it, so ``generate`` would rerun the whole
+    prefix at every step: several times slower, with the same output."""
+    model.config.use_cache = True
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.use_cache = True
 
 
 def freeze_fixed_tables(model) -> None:

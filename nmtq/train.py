@@ -21,7 +21,7 @@ from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, TrainerCallback
 
 from .args import DataArguments, ModelArguments, NmtTrainingArguments
 from .io import write_json_atomic
-from .models import build_model, load_model
+from .models import build_model, enable_generation_cache, load_model
 from .tokenizer import load_tokenizer, train_tokenizer
 
 SPLITS = ("train", "validation", "test")
@@ -176,6 +176,7 @@ def train_teacher(data_args: DataArguments, model_args: ModelArguments, training
         callbacks=callbacks,
     )
     result = trainer.train(resume_from_checkpoint=checkpoint)
+    enable_generation_cache(model)
     trainer.save_model(training_args.output_dir)
     target_tokens = sum(len(labels) for labels in train_set["labels"]) * epochs.covered(trainer.state)
     throughput = target_tokens / max(result.metrics["train_runtime"], 1e-9)

@@ -139,6 +139,8 @@ def test_methods_from_scratch_run_end_to_end(method, corpus, teacher_dir, tmp_pa
     assert metrics["bits"] == (4 if method == "qd" else 32)
     assert (out / "quantization.json").is_file() == (method == "qd")
     assert load_model(out).config.encoder_layers == 1
+    # the Trainer turns the key/value cache off; a saved student must decode with it
+    assert json.loads((out / "generation_config.json").read_text())["use_cache"] is True
 
 
 def test_an_lstm_student_is_distilled_and_quantized(corpus, teacher_dir, tmp_path):

@@ -41,6 +41,7 @@ def test_train_then_evaluate_through_the_cli(tiny_tsv, tmp_path, capsys):
     assert {"bleu", "chrf", "perplexity", "train_target_tokens_per_second"} <= set(metrics)
     assert len((out / "test" / "hypotheses.txt").read_text().splitlines()) == 12
     assert (out / "model.safetensors").is_file() and (out / "tokenizer_config.json").is_file()
+    assert json.loads((out / "config.json").read_text())["use_cache"] is True  # generate() keeps its cache
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
     # evaluate the saved directory on its own: same data, same decoding, same scores
     assert main(["evaluate", str(out), "--data", f"tsv:{tiny_tsv}", "--num-beams", "2", "--max-new-tokens", "8",
