@@ -49,13 +49,14 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_train(subparsers: argparse._SubParsersAction) -> None:
+def _add_recipe_command(subparsers: argparse._SubParsersAction, name: str, help: str, func) -> None:
+    """A command that takes ``--config RECIPE.yaml`` and ``--field value`` pairs (``--help`` lists the fields)."""
     parser = subparsers.add_parser(
-        "train", add_help=False, help="Train a translation teacher from a recipe (nmtq train --help for the fields).",
-        description="nmtq train --config RECIPE.yaml [--field value ...]: fields of the recipe are overridden by "
+        name, add_help=False, help=f"{help} (nmtq {name} --help for the fields).",
+        description=f"nmtq {name} --config RECIPE.yaml [--field value ...]: fields of the recipe are overridden by "
                     "the command line.",
     )
-    parser.set_defaults(func=_run_train, takes_fields=True)  # --config and --field value pairs pass through
+    parser.set_defaults(func=func, takes_fields=True)  # --config and --field value pairs pass through
 
 
 def _run_recipe(args: argparse.Namespace, classes: tuple[type, ...], run, output_dir: str) -> int:
@@ -78,18 +79,16 @@ def _run_train(args: argparse.Namespace) -> int:
     return _run_recipe(args, TRAIN_ARGUMENT_CLASSES, train_teacher, "runs/teacher")
 
 
-def _add_distill(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "distill", add_help=False,
-        help="Distil a teacher into a shallower, quantized student (nmtq distill --help for the fields).",
-    )
-    parser.set_defaults(func=_run_distill, takes_fields=True)
-
-
 def _run_distill(args: argparse.Namespace) -> int:
     from .distill import DISTILL_ARGUMENT_CLASSES, distill
 
     return _run_recipe(args, DISTILL_ARGUMENT_CLASSES, distill, "runs/student")
+
+
+def _run_table(args: argparse.Namespace) -> int:
+    from .table import TableArguments, make_table
+
+    return _run_recipe(args, (TableArguments,), make_table, "runs/table")
 
 
 def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
@@ -125,13 +124,15 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with one subparser per command (``train``, ``evaluate`` and ``export`` come later)."""
+    """The argument parser with one subparser per command."""
     parser = argparse.ArgumentParser(
         prog="nmtq", description="Compress translation models by distillation and quantization.")
     parser.add_argument("--version", action="version", version=f"nmtq {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add_train(subparsers)
-    _add_distill(subparsers)
+    _add_recipe_command(subparsers, "train", "Train a translation teacher from a recipe", _run_train)
+    _add_recipe_command(subparsers, "distill", "Distil a teacher into a shallower, quantized student", _run_distill)
+    _add_recipe_command(subparsers, "table", "Train or reuse a teacher, distil students with every method and "
+                                             "print one table of BLEU against bytes", _run_table)
     _add_evaluate(subparsers)
     _add_demo(subparsers)
     return parser

@@ -135,8 +135,6 @@ class DistillArguments:
                              "(teacher translations)")
         if self.teacher_top_k < 0 or self.cache_shard_size < 1:
             raise ValueError("teacher_top_k must be 0 (live teacher) or a positive k, and cache_shard_size positive")
-        if self.method == "ptq" and (self.sequence_kd or self.teacher_top_k):
-            raise ValueError("method=ptq does no training: sequence_kd and teacher_top_k do not apply; drop them")
         if not 0 <= self.sparsity < 1 or self.prune_every < 1 or self.prune_start_step < 0:
             raise ValueError(f"sparsity={self.sparsity}, prune_every={self.prune_every}, prune_start_step="
                              f"{self.prune_start_step}: pass 0 <= sparsity < 1, prune_every >= 1, start >= 0")

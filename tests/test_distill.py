@@ -326,7 +326,6 @@ def test_dq_alternating_from_the_teachers_copy_runs_end_to_end(corpus, teacher_d
         (["--method", "dq"], "--alternate_every"),
         (["--sequence_kd", "1.5"], "between 0"),
         (["--method", "fp", "--teacher_top_k", "4"], "use method kd"),
-        (["--method", "ptq", "--student_name_or_path", "x", "--sequence_kd", "1"], "does no training"),
         (["--method", "kd", "--sparsity", "0.5"], "use method qd, dq or ptq"),
         (["--method", "qd", "--sparsity", "1.0"], "sparsity < 1"),
     ],
