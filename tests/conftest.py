@@ -1,5 +1,12 @@
 """Shared fixtures: a tiny parallel corpus on disk and tiny model sizes, so training tests take seconds."""
 
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
 import pytest
 
 GERMAN = ["ein Haus", "das Haus ist groß", "der Mann geht", "die Frau liest", "ein Kind spielt", "das Buch ist alt",
@@ -23,3 +30,27 @@ def tiny_tsv(tmp_path):
     path = tmp_path / "pairs.tsv"
     path.write_text("".join(f"{de}\t{en}\n" for de, en in zip(GERMAN, ENGLISH)) * 1, encoding="utf-8")
     return path
+
+
+def complete_checkpoints(out: Path) -> list[int]:
+    def whole(state: Path) -> bool:
+        try:
+            return bool(json.loads(state.read_text()))
+        except (OSError, ValueError):
+            return False
+
+    return sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*") if whole(p / "trainer_state.json"))
+
+
+def kill_after_checkpoint(argv: list[str], out: Path, step: int, timeout: float = 120) -> int:
+    """Start ``argv``, SIGKILL it once ``out`` holds a complete checkpoint at ``step`` or later; return the last."""
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while not any(s >= step for s in complete_checkpoints(out)):
+            assert proc.poll() is None and time.monotonic() < deadline, f"training never wrote checkpoint-{step}"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # as a crash or a pre-empted job would: no chance to clean up
+        proc.wait()
+    return max(complete_checkpoints(out))

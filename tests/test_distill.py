@@ -366,3 +366,38 @@ def test_ptq_prunes_at_once(corpus, teacher_dir, tmp_path):
     assert main(distill_argv(corpus, teacher_dir, out, "--method", "ptq", "--student_name_or_path", str(kd),
                              "--sparsity", "0.75")) == 0
     assert json.loads((out / "test" / "metrics.json").read_text())["sparsity"] == pytest.approx(0.75, abs=0.01)
+
+
+def test_a_killed_pruned_qd_run_resumes_and_finishes(corpus, teacher_dir, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import kill_after_checkpoint
+    from safetensors.torch import load_file
+
+    out = tmp_path / "pqk"
+    argv = [sys.executable, "-m", "nmtq", *distill_argv(corpus, teacher_dir, out, "--method", "qd", "--sparsity",
+                                                        "0.5", "--prune_every", "1", "--prune_end_step", "6",
+                                                        "--save_steps", "2")]
+    last = kill_after_checkpoint([*argv, "--max_steps", "100000"], out, 2)
+    killed = load_file(str(out / f"checkpoint-{last}" / "quantizer-masks.safetensors"))
+    result = subprocess.run([*argv, "--max_steps", str(last + 8), "--resume_from_checkpoint", "last"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    final = load_file(str(out / f"checkpoint-{last + 8}" / "quantizer-masks.safetensors"))
+    assert set(final) == set(killed) and all(torch.all(final[n] <= m) for n, m in killed.items())
+    metrics = json.loads((out / "test" / "metrics.json").read_text())
+    assert metrics["sparsity"] == pytest.approx(0.5, abs=0.01)
+
+
+def test_a_saved_quantized_student_translates_exactly_as_before_saving(corpus, teacher_dir, tmp_path):
+    from nmtq.evaluation import translate
+
+    out = tmp_path / "qd"
+    assert main(distill_argv(corpus, teacher_dir, out, "--method", "qd", "--bits", "3", "--max_steps", "4",
+                             "--save_strategy", "no")) == 0
+    before = (out / "test" / "hypotheses.txt").read_text(encoding="utf-8").splitlines()  # the in-memory student's
+    loaded = load_model(out)
+    assert translate(loaded, load_tokenizer(out), GERMAN, num_beams=2, max_new_tokens=8, progress=False) == before
+    weight = loaded.model.encoder.layers[0].fc1.weight.detach().reshape(-1, 16)
+    assert max(len(torch.unique(row)) for row in weight) <= 8  # 3-bit codes, decoded

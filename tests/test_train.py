@@ -1,15 +1,12 @@
 """`nmtq train` and `nmtq evaluate` end to end on a tiny corpus: recipes, CLI, resume, architectures, bad input."""
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY
+from conftest import TINY, kill_after_checkpoint
 
 from nmtq.args import TRAIN_ARGUMENT_CLASSES, parse_train_args, read_recipe
 from nmtq.cli import main
@@ -67,30 +64,10 @@ def test_other_architectures_train_and_translate(model_type, tiny_tsv, tmp_path)
     assert json.loads((out / "test" / "metrics.json").read_text())["num_sentences"] == 12
 
 
-def complete_checkpoints(out: Path) -> list[int]:
-    def whole(state: Path) -> bool:
-        try:
-            return bool(json.loads(state.read_text()))
-        except (OSError, ValueError):
-            return False
-
-    return sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*") if whole(p / "trainer_state.json"))
-
-
 def test_a_killed_run_resumes_from_its_last_complete_checkpoint(tiny_tsv, tmp_path):
     out = tmp_path / "run"
     argv = [sys.executable, "-m", "nmtq", *train_argv(tiny_tsv, out, "--save_steps", "2")]
-    proc = subprocess.Popen([*argv, "--max_steps", "100000"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not any(step >= 4 for step in complete_checkpoints(out)):
-            assert proc.poll() is None and time.monotonic() < deadline, "training never wrote checkpoint-4"
-            time.sleep(0.05)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # as a crash or a pre-empted job would: no chance to clean up
-        proc.wait()
-    last = max(complete_checkpoints(out))
+    last = kill_after_checkpoint([*argv, "--max_steps", "100000"], out, 4)
     (out / f"checkpoint-{last + 1000}").mkdir()  # a checkpoint cut off while being written
     (out / f"checkpoint-{last + 1001}").mkdir()
     (out / f"checkpoint-{last + 1001}" / "trainer_state.json").write_text('{"global_st')  # ... mid-file
