@@ -401,3 +401,22 @@ def test_a_saved_quantized_student_translates_exactly_as_before_saving(corpus, t
     assert translate(loaded, load_tokenizer(out), GERMAN, num_beams=2, max_new_tokens=8, progress=False) == before
     weight = loaded.model.encoder.layers[0].fc1.weight.detach().reshape(-1, 16)
     assert max(len(torch.unique(row)) for row in weight) <= 8  # 3-bit codes, decoded
+
+
+def test_two_processes_share_the_teacher_caches_and_distil(corpus, teacher_dir, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    config = Path(__file__).resolve().parents[1] / "recipes" / "accelerate" / "cpu.yaml"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
+              "--main_process_port", "29519", "-m", "nmtq"]
+    cache, out = tmp_path / "cache", tmp_path / "ddp"
+    argv = distill_argv(corpus, teacher_dir, out, "--method", "qd", "--sequence_kd", "0.5", "--teacher_top_k", "4",
+                        "--teacher_cache_dir", str(cache), "--cache_shard_size", "3", "--max_steps", "2",
+                        "--save_strategy", "no")
+    result = subprocess.run([*launch, *argv], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(list(cache.glob("translations-*/seq-*.jsonl"))) == 4  # 12 pairs in shards of 3, split by rank
+    assert len(list(cache.glob("top4-*/topk-*.safetensors"))) == 8  # references and translations
+    assert json.loads((out / "test" / "metrics.json").read_text())["teacher_top_k"] == 4
