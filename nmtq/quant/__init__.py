@@ -11,6 +11,7 @@ from .autograd import allocate_bits, fake_quantize, init_points, quantize_with_p
 from .config import QuantizerConfig
 from .functional import QuantizedTensor, encode_tensor, encode_to_points, quantize_tensor, quantize_to_points
 from .huffman import HuffmanStats, huffman_code_lengths, huffman_stats
+from .packing import huffman_decode, huffman_encode, pack_codes, packed_numel, unpack_codes
 from .prune import magnitude_mask, sparsity_at
 from .quantizer import Quantizer, select_parameters
 from .size import SizeReport, TensorSize, size_report
@@ -37,3 +38,4 @@ __all__ = [
     "size_report",
     "sparsity_at",
 ]
+__all__ += ["huffman_decode", "huffman_encode", "pack_codes", "packed_numel", "unpack_codes"]
