@@ -42,6 +42,7 @@ import torch
 from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, TrainerCallback
 
 from .args import DataArguments, NmtTrainingArguments
+from .export import CODES_FILE, save_codes
 from .io import atomic_path, write_json_atomic
 from .losses import TopK, distillation_loss
 from .models import enable_generation_cache, load_model
@@ -511,12 +512,12 @@ def _finish(student, tokenizer, quantizer, teacher_size: SizeReport, test_set, d
     student = student.module if hasattr(student, "module") else student
     enable_generation_cache(student)
     if quantizer is not None:
-        quantizer.quantize()
+        codes = quantizer.quantize()
         size, sparsity = quantizer.size(not_stored=not_stored(student)), quantizer.sparsity()
         quantization = {"config": dataclasses.asdict(quantizer.config), **quantizer.state_dict()}
         quantizer.remove()  # hooks and points go; the weights now hold Q(w)
     else:
-        size, quantization, sparsity = fp32_size(student), None, 0.0
+        size, quantization, sparsity, codes = fp32_size(student), None, 0.0, None
     metrics: dict = {}
     if training_args.process_index == 0:
         output_dir = Path(training_args.output_dir)
@@ -524,6 +525,7 @@ def _finish(student, tokenizer, quantizer, teacher_size: SizeReport, test_set, d
         tokenizer.save_pretrained(output_dir)
         if quantization is not None:
             write_json_atomic(output_dir / "quantization.json", quantization)
+            save_codes(codes, output_dir / CODES_FILE)  # the exact integer codes behind the saved weights
         metrics = score_test_split(student, tokenizer, test_set, data_args, training_args, log)
         metrics.update(method=distill_args.method, bits=quantizer.config.bits if quantizer else 32,
                        bytes=size.total_bytes, huffman_bytes=size.total_huffman_bytes if quantizer else None,
