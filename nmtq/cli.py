@@ -123,6 +123,37 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_export(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "export", help="Write a quantized student as a Hub-ready folder: packed codes in one model.safetensors, "
+                       "quantization_config.json, tokenizer and model card.",
+        description="Load it back with nmtq.export.load_exported(OUT_DIR); the file's bytes are printed beside the "
+                    "size accounting. Nothing is written unless every input checks out; an earlier export in "
+                    "OUT_DIR is replaced.",
+    )
+    parser.add_argument("model_dir", help="The output_dir of `nmtq distill` with a quantized method (qd, dq, ptq).")
+    parser.add_argument("out_dir", help="The folder to write (built beside it, then renamed into place).")
+    parser.add_argument("--huffman", action="store_true",
+                        help="Store the codes Huffman-coded (smaller when few levels dominate) instead of packed.")
+    parser.add_argument("--dequantize", action="store_true",
+                        help="Also write OUT_DIR/dequantized/, a plain transformers checkpoint of the decoded weights "
+                             "(Marian/FSMT/BART load it without nmtq; the LSTM student needs `import nmtq.lstm`).")
+    parser.add_argument("--teacher", default=None, help="The teacher's name for the model card.")
+    parser.add_argument("--dataset", default=None, help="The test set's name for the model card.")
+    parser.set_defaults(func=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from .export import export_model
+
+    report = export_model(args.model_dir, args.out_dir, huffman=args.huffman, dequantize=args.dequantize,
+                          teacher=args.teacher, dataset=args.dataset)
+    print(f"exported {args.model_dir} to {report.out_dir}\n{report.size}")
+    for note in report.notes:
+        print(f"note: {note}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with one subparser per command."""
     parser = argparse.ArgumentParser(
@@ -134,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_recipe_command(subparsers, "table", "Train or reuse a teacher, distil students with every method and "
                                              "print one table of BLEU against bytes", _run_table)
     _add_evaluate(subparsers)
+    _add_export(subparsers)
     _add_demo(subparsers)
     return parser
 

@@ -1,9 +1,20 @@
-"""Quantized codes on disk: exact round trip, masks and points included; damaged files are clear errors."""
+"""Quantized codes on disk and Hub-ready exports: exact round trips (packed and Huffman-coded codes, points,
+pruning masks), a plain transformers copy, a model card the Hub parses, honest sizes, and clear errors."""
+
+import json
+import math
+import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
+from conftest import ENGLISH, GERMAN, TINY
+from test_distill import distill_argv
 
-from nmtq.export import load_codes, save_codes
+from nmtq.cli import main
+from nmtq.export import export_size, load_codes, load_exported, save_codes
+from nmtq.models import load_model
 from nmtq.quant import Quantizer, encode_tensor
 
 
@@ -37,3 +48,273 @@ def test_damaged_or_foreign_files_are_refused(tmp_path):
         load_codes(tmp_path / "plain.safetensors")
     with pytest.raises(ValueError, match="does not exist"):
         load_codes(tmp_path / "missing.safetensors")
+
+
+# ---------------------------------------------------------------------------------------------- Hub-ready exports
+STUDENTS = {  # quantized distillation; learned points (dq); quantized distillation with half the weights pruned
+    "qd": ["--method", "qd", "--bits", "3", "--max_steps", "2"],
+    "dq": ["--method", "dq", "--alternate_every", "1", "--bits", "2", "--max_steps", "2"],
+    "pruned": ["--method", "qd", "--sparsity", "0.5", "--prune_every", "1", "--prune_end_step", "1",
+               "--max_steps", "2"],
+    "lstm": ["--method", "qd", "--student_type", "lstm", "--student_d_model", "16", "--student_hidden_size", "16",
+             "--max_steps", "2"],
+}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "pairs.tsv"
+    path.write_text("".join(f"{de}\t{en}\n" for de, en in zip(GERMAN, ENGLISH)), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("teacher")
+    assert main(["train", "--data", f"tsv:{corpus}", "--output_dir", str(out), *TINY, "--decoder_layers", "2",
+                 "--max_steps", "4", "--save_strategy", "no"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def distilled(corpus, teacher_dir, tmp_path_factory):
+    """``distilled(kind)``: the output_dir of `nmtq distill` for one of STUDENTS, distilled once per module."""
+    done = {}
+
+    def get(kind: str):
+        if kind not in done:
+            out = tmp_path_factory.mktemp(kind)
+            assert main(distill_argv(corpus, teacher_dir, out, *STUDENTS[kind], "--save_strategy", "no")) == 0
+            done[kind] = out
+        return done[kind]
+
+    return get
+
+
+@pytest.fixture(params=list(STUDENTS))
+def kind(request):
+    return request.param
+
+
+def outputs(model, tokenizer):
+    """Logits on a fixed batch and beam-search translations: what must not change across an export."""
+    batch = tokenizer(GERMAN[:3], text_target=ENGLISH[:3], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        logits = model(**batch).logits
+        return logits, model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                      num_beams=2, max_new_tokens=6)
+
+
+def stored(path):
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, json.loads(f.metadata()["quantized"])
+
+
+def test_an_export_loads_into_exactly_the_quantized_student(kind, distilled, tmp_path):
+    from nmtq.distill import not_stored
+    from nmtq.tokenizer import load_tokenizer
+
+    student_dir, out = distilled(kind), tmp_path / "export"
+    assert main(["export", str(student_dir), str(out)]) == 0
+    model, tokenizer = load_exported(out)
+    student = load_model(student_dir).eval()  # its weights are the decoded codes it was scored with
+    with torch.no_grad():  # from_pretrained leaves them at odd alignments in the file's buffer, where CPU LSTM
+        for p in student.parameters():  # kernels round differently (by 1e-9): put them in fresh memory, as in
+            p.data = p.data.clone()  # training and as load_exported does
+    for ours, theirs in zip(outputs(model, tokenizer), outputs(student, load_tokenizer(student_dir))):
+        assert torch.equal(ours, theirs)
+    tensors, header = stored(out / "model.safetensors")
+    assert set(header) == set(json.loads((out / "quantization_config.json").read_text())["bits"])
+    for name, info in header.items():  # packed codes of the kept weights, ranges, points (dq), packed mask (pruned)
+        numel, kept, bits = math.prod(info["shape"]), info["stored_codes"], info["bits"]
+        assert tensors[f"{name}.codes"].dtype == torch.uint8
+        assert tensors[f"{name}.codes"].numel() == -(-kept * bits // 8) and f"{name}.ranges" in tensors
+        assert (f"{name}.points" in tensors) == (kind == "dq")
+        assert (f"{name}.mask" in tensors) == (kind == "pruned") and (kept < numel) == (kind == "pruned")
+        if kind == "pruned":
+            assert tensors[f"{name}.mask"].numel() == -(-numel // 8) and kept == pytest.approx(numel / 2, abs=1)
+    # every tensor save_pretrained stores, at its own dtype, once: tied ones under one name
+    plain = {k for k in tensors if k.rsplit(".", 1)[0] not in header}
+    weights, groups = student.state_dict(keep_vars=True), {}
+    for name, tensor in weights.items():
+        groups.setdefault(id(tensor), set()).add(name)
+    for names in groups.values():
+        assert len(names & (plain | set(header))) == (0 if names <= not_stored(student) else 1), names
+    assert all(tensors[k].dtype == weights[k].dtype and torch.equal(tensors[k], weights[k]) for k in plain)
+    size = export_size(out)
+    # the tensors are the size accounting, up to rounding each packed stream (codes, mask) to whole bytes
+    assert size.accounted_bytes == json.loads((student_dir / "test" / "metrics.json").read_text())["bytes"]
+    assert 0 <= size.data_bytes - size.accounted_bytes <= 2 * len(header)
+    assert size.file_bytes == (out / "model.safetensors").stat().st_size
+    assert not list(tmp_path.glob(".export*"))  # the temporary folder was renamed into place
+
+
+def test_huffman_coded_export_round_trips(kind, distilled, tmp_path):
+    student_dir, packed, coded = distilled(kind), tmp_path / "packed", tmp_path / "huffman"
+    assert main(["export", str(student_dir), str(packed)]) == 0
+    assert main(["export", str(student_dir), str(coded), "--huffman"]) == 0
+    tensors, header = stored(coded / "model.safetensors")
+    assert any(k.endswith(".huffman_stream") for k in tensors) and not any(k.endswith(".codes") for k in tensors)
+    for ours, theirs in zip(outputs(*load_exported(packed)), outputs(*load_exported(coded))):
+        assert torch.equal(ours, theirs)
+    size = export_size(coded)
+    assert size.storage == "huffman"
+    assert size.accounted_bytes == json.loads((student_dir / "test" / "metrics.json").read_text())["huffman_bytes"]
+    # streams and masks round up to whole bytes; the table holds 2**bits lengths, the accounting one per symbol
+    assert 0 <= size.data_bytes - size.accounted_bytes <= 2 * len(header)
+
+
+def test_dequantized_checkpoint_loads_with_transformers_alone(distilled, tmp_path, capsys):
+    student_dir, out = distilled("qd"), tmp_path / "export"
+    assert main(["export", str(student_dir), str(out), "--dequantize"]) == 0
+    model, tokenizer = load_exported(out)
+    batch = tokenizer(GERMAN[:3], text_target=ENGLISH[:3], return_tensors="pt", padding=True)
+    from safetensors.torch import load_file, save_file
+
+    save_file(dict(batch), str(tmp_path / "batch.safetensors"))
+    script = (
+        "import sys, torch\n"
+        "from safetensors.torch import load_file, save_file\n"
+        "from transformers import AutoModelForSeq2SeqLM\n"
+        f"model = AutoModelForSeq2SeqLM.from_pretrained({str(out / 'dequantized')!r}).eval()\n"
+        f"batch = load_file({str(tmp_path / 'batch.safetensors')!r})\n"
+        "with torch.no_grad():\n"
+        f"    save_file({{'logits': model(**batch).logits}}, {str(tmp_path / 'logits.safetensors')!r})\n"
+        "assert 'nmtq' not in sys.modules\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    with torch.no_grad():
+        assert torch.equal(load_file(str(tmp_path / "logits.safetensors"))["logits"], model(**batch).logits)
+    assert "without nmtq" in (out / "README.md").read_text()
+    lstm = tmp_path / "lstm"
+    assert main(["export", str(distilled("lstm")), str(lstm), "--dequantize"]) == 0
+    assert "only after `import nmtq.lstm`" in capsys.readouterr().out
+    assert "only after `import nmtq.lstm`" in (lstm / "README.md").read_text()
+    assert load_model(lstm / "dequantized").config.model_type == "nmtq-lstm"
+
+
+def test_model_card_metadata_parses_with_huggingface_hub(distilled, tmp_path):
+    from huggingface_hub import ModelCard
+    from huggingface_hub.repocard import metadata_load
+
+    student_dir, out = distilled("pruned"), tmp_path / "export"
+    assert main(["export", str(student_dir), str(out), "--teacher", "opus-mt-de-en", "--dataset", "bible"]) == 0
+    metrics = json.loads((student_dir / "test" / "metrics.json").read_text())
+    card = ModelCard((out / "README.md").read_text(encoding="utf-8"))
+    assert card.data.library_name == "nmtq" and card.data.language == ["de", "en"]
+    results = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert results == {k: round(metrics[k], 2) for k in ("bleu", "chrf", "perplexity")}
+    assert card.data.eval_results[0].dataset_name == "bible"
+    meta = metadata_load(out / "README.md")
+    assert "translation" in meta["tags"] and meta["model-index"][0]["results"][0]["task"]["type"] == "translation"
+    assert f"{metrics['bytes']:,} bytes" in card.text and "opus-mt-de-en" in card.text
+    assert f"| method | {metrics['method']}" in card.text
+
+
+def test_file_size_is_within_two_percent_of_the_accounting(corpus, teacher_dir, tmp_path):
+    student = tmp_path / "wide"  # 1.8M weights: the header (key names, metadata) is small beside the codes
+    assert main(distill_argv(corpus, teacher_dir, student, "--method", "qd", "--student_d_model", "256",
+                             "--student_ffn_dim", "1024", "--student_decoder_layers", "1", "--max_steps", "1",
+                             "--save_strategy", "no", "--bucket_size", "256")) == 0
+    metrics = json.loads((student / "test" / "metrics.json").read_text())
+    for flag, accounted in (([], metrics["bytes"]), (["--huffman"], metrics["huffman_bytes"])):
+        out = tmp_path / f"export{''.join(flag)}"
+        assert main(["export", str(student), str(out), *flag]) == 0
+        size, quantized = export_size(out), json.loads((out / "quantization_config.json").read_text())["bits"]
+        assert size.accounted_bytes == accounted and 0 < size.overhead < 0.02, str(size)
+        # beyond the header, the file adds only each packed stream's rounding up to whole bytes
+        assert 0 <= size.data_bytes - accounted <= 2 * len(quantized)
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+@pytest.fixture(scope="module")
+def other_tokenizer(tmp_path_factory):
+    from nmtq.tokenizer import train_tokenizer
+
+    out = tmp_path_factory.mktemp("tokenizer")
+    train_tokenizer(GERMAN + ENGLISH, out, vocab_size=40)
+    return out
+
+
+def copy_with(source, target, remove=(), tokenizer_from=None):
+    shutil.copytree(source, target)
+    for name in remove:
+        (target / name).unlink()
+    if tokenizer_from is not None:
+        for f in tokenizer_from.iterdir():
+            shutil.copyfile(f, target / f.name)
+    return target
+
+
+def test_bad_students_are_refused_and_nothing_is_written(distilled, other_tokenizer, tmp_path, capsys):
+    one_student, out = distilled("qd"), tmp_path / "out"
+    cases = [
+        (copy_with(one_student, tmp_path / "fp", remove=["quantization.json", "quantized.safetensors"]),
+         "run `nmtq distill` with a quantized method"),
+        (copy_with(one_student, tmp_path / "tok", tokenizer_from=other_tokenizer), "the tokenizer has"),
+        (tmp_path / "missing", "is not a directory"),
+    ]
+    for model_dir, message in cases:
+        assert main(["export", str(model_dir), str(out)]) == 2
+        assert message in capsys.readouterr().err
+        assert not out.exists() and not list(tmp_path.glob(".out*"))
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "mine.txt").write_text("keep me")
+    assert main(["export", str(one_student), str(tmp_path / "notes")]) == 2
+    assert "is not an nmtq export" in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "notes").iterdir()] == ["mine.txt"]
+    assert main(["export", str(one_student), str(out)]) == 0 and main(["export", str(one_student), str(out)]) == 0
+    assert (out / "model.safetensors").is_file() and not list(tmp_path.glob(".out*"))  # replaced in place
+
+
+def rewrite(path, change):
+    """Rewrite an export's model.safetensors after ``change(tensors, header)`` edits it in place."""
+    from safetensors.torch import save_file
+
+    tensors, header = stored(path)
+    change(tensors, header)
+    save_file(tensors, str(path), metadata={"format": "nmtq.export.v1", "quantized": json.dumps(header)})
+
+
+def test_damaged_exports_raise_value_errors_that_say_what_to_fix(distilled, other_tokenizer, tmp_path):
+    good = tmp_path / "good"
+    assert main(["export", str(distilled("qd")), str(good)]) == 0
+    name = "model.encoder.layers.0.fc1.weight"
+
+    def broken(label, edit):
+        folder = copy_with(good, tmp_path / label)
+        edit(folder)
+        return folder
+
+    def truncate(folder):
+        data = (folder / "model.safetensors").read_bytes()
+        (folder / "model.safetensors").write_bytes(data[: len(data) - 100])
+
+    def fewer_bits(folder):  # codes packed at 3 bits declared as 2: the byte count no longer fits
+        rewrite(folder / "model.safetensors", lambda t, h: h[name].update(bits=2))
+        config = json.loads((folder / "quantization_config.json").read_text())
+        config["bits"][name] = 2
+        (folder / "quantization_config.json").write_text(json.dumps(config))
+
+    def out_of_range(folder):  # a packed 3-bit code of 7 under 2 points
+        def edit(tensors, header):
+            tensors[f"{name}.points"] = torch.tensor([0.0, 1.0])
+            tensors[f"{name}.codes"][0] = 7
+        rewrite(folder / "model.safetensors", edit)
+
+    cases = [
+        (broken("truncated", truncate), "truncated or corrupted"),
+        (broken("garbage", lambda f: (f / "model.safetensors").write_bytes(b"\x10" * 64)), "truncated or corrupted"),
+        (broken("no-config", lambda f: (f / "quantization_config.json").unlink()),
+         "quantization_config.json is missing"),
+        (broken("bits", fewer_bits), "cannot be decoded"),
+        (broken("range", out_of_range), "out of range"),
+        (copy_with(good, tmp_path / "tokenizer", tokenizer_from=other_tokenizer), "the tokenizer has .* the model"),
+    ]
+    for folder, message in cases:
+        with pytest.raises(ValueError, match=message):
+            load_exported(folder)
+    load_exported(good)  # the original is untouched
