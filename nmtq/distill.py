@@ -527,7 +527,8 @@ def _finish(student, tokenizer, quantizer, teacher_size: SizeReport, test_set, d
             write_json_atomic(output_dir / "quantization.json", quantization)
             save_codes(codes, output_dir / CODES_FILE)  # the exact integer codes behind the saved weights
         metrics = score_test_split(student, tokenizer, test_set, data_args, training_args, log)
-        metrics.update(method=distill_args.method, bits=quantizer.config.bits if quantizer else 32,
+        metrics.update(teacher=distill_args.teacher, data=data_args.spec("train"), method=distill_args.method,
+                       bits=quantizer.config.bits if quantizer else 32,
                        bytes=size.total_bytes, huffman_bytes=size.total_huffman_bytes if quantizer else None,
                        teacher_fp32_bytes=teacher_size.total_bytes,
                        ratio_vs_fp32_teacher=round(teacher_size.total_bits / size.total_bits, 2),
