@@ -28,6 +28,7 @@ import torch
 from .io import atomic_path, write_json_atomic, write_text_atomic
 
 TABLE_METHODS = ("kd", "ptq", "qd", "dq")
+RUN_TIME = "table-run.json"  # the wall time of the call that finished a run, so a reused run keeps it
 
 
 @dataclass
@@ -105,20 +106,26 @@ def plan(args: TableArguments) -> tuple[list[str], Path, list[Run]]:
 
 
 def _call(argv: list[str], output_dir: Path, what: str, log) -> tuple[dict, float | None]:
-    """Run ``nmtq ARGV`` unless it has finished before; resume it from its last checkpoint if it was cut off."""
+    """Run ``nmtq ARGV`` unless it has finished before; resume it from its last checkpoint if it was cut off.
+
+    Returns the run's test metrics and its wall time in seconds (that of the call that finished it, kept in
+    ``RUN_TIME``; None for a run finished by another command)."""
     from .cli import main
     from .train import last_complete_checkpoint
 
-    metrics_file = output_dir / "test" / "metrics.json"
+    metrics_file, time_file = output_dir / "test" / "metrics.json", output_dir / RUN_TIME
     if metrics_file.is_file():
         log(f"{what}: finished before, reusing {output_dir}")
-        return json.loads(metrics_file.read_text()), None
+        seconds = json.loads(time_file.read_text())["seconds"] if time_file.is_file() else None
+        return json.loads(metrics_file.read_text()), seconds
     if last_complete_checkpoint(str(output_dir)):
         argv = [*argv, "--resume_from_checkpoint", "last"]
     start = time.monotonic()
     if main(argv) != 0:
         raise ValueError(f"{what} failed (see the error above): nmtq {shlex.join(argv)}")
-    return json.loads(metrics_file.read_text()), time.monotonic() - start
+    seconds = time.monotonic() - start
+    write_json_atomic(time_file, {"seconds": round(seconds, 1), "hardware": hardware()})
+    return json.loads(metrics_file.read_text()), seconds
 
 
 def hardware() -> str:
@@ -179,12 +186,12 @@ def format_table(result: dict) -> str:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         huffman = f"{r['huffman_bytes']:,}" if r.get("huffman_bytes") else "-"
-        minutes = f"{r['seconds'] / 60:.1f}" if r.get("seconds") is not None else "reused"
+        minutes = f"{r['seconds'] / 60:.1f}" if r.get("seconds") is not None else "-"
         lines.append(f"| {r['name']} | {r['encoder_layers']}+{r['decoder_layers']} | {r['bits']} | {r['bleu']:.1f} "
                      f"| {r['chrf']:.1f} | {r['perplexity']:.2f} | {r['bytes']:,} | {r['ratio_vs_fp32_teacher']:.1f}x "
                      f"| {huffman} | {minutes} |")
-    lines += ["", f"{result['hardware']}; {result['wall_seconds'] / 60:.1f} minutes in all for this command "
-                  "(reused runs excluded)."]
+    lines += ["", f"{result['hardware']}; this command took {result['wall_seconds'] / 60:.1f} minutes (runs "
+                  "finished by an earlier call are reused, with the minutes they took then)."]
     return "\n".join(lines)
 
 

@@ -39,12 +39,15 @@ def test_a_table_of_every_method_with_its_plot(recipes, tmp_path, capsys):
     assert all(row["seconds"] is not None for row in result["rows"])
     assert (out / "bleu-vs-bytes.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     printed = capsys.readouterr().out
-    assert "| transformer QD 2-bit | 1+1 | 2 |" in printed and "minutes in all" in printed
+    assert "| transformer QD 2-bit | 1+1 | 2 |" in printed and "this command took" in printed
     assert (out / "table.md").read_text().startswith("| model | layers |")
     # a second call reuses every finished run
     assert main(["table", "--config", str(recipes), "--bits", "2", "--methods", "kd", "qd"]) == 0
     printed = capsys.readouterr().out
     assert printed.count("finished before, reusing") == 5 and "| transformer DQ" not in printed
+    again = json.loads((out / "table.json").read_text())["rows"]
+    first = [rows[r["name"]]["seconds"] for r in again]
+    assert [r["seconds"] for r in again] == pytest.approx(first, abs=0.06)  # the minutes of the first call
 
 
 @pytest.mark.parametrize("extra, message", [
