@@ -154,6 +154,37 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_push(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "push", help="Upload an exported folder to a model repository on the Hugging Face Hub, in one commit.",
+        description="The repository is created if needed. The token comes from HF_TOKEN or `hf auth login` and is "
+                    "never printed. Nothing is created unless the folder, the id, the network and the token check "
+                    "out; pickle files are refused.",
+    )
+    parser.add_argument("folder", help="The OUT_DIR of `nmtq export` (or a save_pretrained folder with safetensors).")
+    parser.add_argument("--repo-id", required=True, help="NAME or NAMESPACE/NAME of the model repository.")
+    parser.add_argument("--private", action="store_true",
+                        help="Make the repository private when it is created (an existing one keeps its visibility).")
+    parser.add_argument("--dry-run", action="store_true", help="List the files and their bytes; upload nothing.")
+    parser.add_argument("--commit-message", default=None, help="The commit's message (default: Upload FOLDER ...).")
+    parser.set_defaults(func=_run_push)
+
+
+def _run_push(args: argparse.Namespace) -> int:
+    from .hub import push_folder
+
+    report = push_folder(args.folder, args.repo_id, private=args.private, dry_run=args.dry_run,
+                         commit_message=args.commit_message)
+    for note in report.notes:
+        print(f"note: {note}")
+    if args.dry_run:
+        print(f"{report.listing()}\ndry run: these files would go to {args.repo_id}; nothing was uploaded")
+    else:
+        print(f"pushed {len(report.files)} files ({report.total_bytes:,} bytes) to {report.repo_url} in one commit: "
+              f"{report.commit_url}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with one subparser per command."""
     parser = argparse.ArgumentParser(
@@ -166,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
                                              "print one table of BLEU against bytes", _run_table)
     _add_evaluate(subparsers)
     _add_export(subparsers)
+    _add_push(subparsers)
     _add_demo(subparsers)
     return parser
 

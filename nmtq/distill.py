@@ -402,6 +402,10 @@ def allocate_bits_by_gradient(quantizer: Quantizer, student, teacher, batches, m
 def distill(data_args: DataArguments, distill_args: DistillArguments, quant_config: QuantizerConfig,
             training_args: NmtTrainingArguments) -> dict:
     """Distil and/or quantize a student as ``distill_args.method`` says; return its test metrics and size."""
+    if training_args.push_to_hub:
+        raise ValueError("nmtq distill does not push: the Trainer would upload fp32 checkpoints, not the quantized "
+                         "student. Run `nmtq export OUTPUT_DIR EXPORT_DIR`, then `nmtq push EXPORT_DIR --repo-id "
+                         "NAME`")
     log = main_process_logger(training_args)
     checkpoint = resolve_checkpoint(training_args)
     splits = load_splits(data_args, log)

@@ -147,8 +147,11 @@ def main_process_logger(training_args: NmtTrainingArguments):
 
 def train_teacher(data_args: DataArguments, model_args: ModelArguments, training_args: NmtTrainingArguments) -> dict:
     """Train (or resume) a teacher and return its test metrics (also written to ``output_dir/test``)."""
+    from .hub import check_push_to_hub
+
     log = main_process_logger(training_args)
     checkpoint = resolve_checkpoint(training_args)
+    check_push_to_hub(training_args)  # fail now, not after the data is prepared
     splits = load_splits(data_args, log)
     with training_args.main_process_first(desc="tokenizer"):
         tokenizer = get_tokenizer(model_args, data_args, splits["train"], training_args.output_dir)

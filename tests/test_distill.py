@@ -327,6 +327,7 @@ def test_dq_alternating_from_the_teachers_copy_runs_end_to_end(corpus, teacher_d
         (["--sequence_kd", "1.5"], "between 0"),
         (["--method", "fp", "--teacher_top_k", "4"], "use method kd"),
         (["--method", "kd", "--sparsity", "0.5"], "use method qd, dq or ptq"),
+        (["--method", "qd", "--push_to_hub", "true"], "nmtq push EXPORT_DIR"),
         (["--method", "qd", "--sparsity", "1.0"], "sparsity < 1"),
     ],
 )

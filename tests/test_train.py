@@ -101,6 +101,7 @@ def test_two_process_accelerate_launch_on_cpu(tiny_tsv, tmp_path):
         (["--model_type", "t5"], "model_type='t5'"),
         (["--d_model", "30", "--attention_heads", "4"], "divisible"),
         (["--resume_from_checkpoint", "last"], "no complete checkpoint-"),
+        (["--push_to_hub", "true", "--hub_model_id", "me/x"], "cannot push to me/x (checked before training)"),
     ],
 )
 def test_bad_arguments_fail_before_anything_is_written(argv, message, tiny_tsv, tmp_path, capsys):
