@@ -108,6 +108,10 @@ def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
                         help="Score only pairs with at most this many pieces a side.")
     parser.add_argument("--output-dir", default=None, help="Where hypotheses.txt and metrics.json go "
                                                           "(default: MODEL_DIR/eval-SPLIT).")
+    parser.add_argument("--engine", default="transformers", choices=("transformers", "ctranslate2"),
+                        help="Decode with transformers, or with CTranslate2 (a folder of `nmtq export --ctranslate2`, "
+                             "or a model folder converted on the fly; needs nmtq[ct2]).")
+    parser.add_argument("--compute-type", default="int8", help="CTranslate2's compute type (int8, float32, ...).")
     parser.set_defaults(func=_run_evaluate)
 
 
@@ -118,6 +122,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         args.model_dir, args.data, split=args.split, source_lang=args.source_lang, target_lang=args.target_lang,
         max_length=args.max_length, num_beams=args.num_beams, max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size, output_dir=args.output_dir or f"{args.model_dir}/eval-{args.split}",
+        engine=args.engine, compute_type=args.compute_type,
     )
     print(format_metrics(metrics))
     return 0
@@ -140,10 +145,20 @@ def _add_export(subparsers: argparse._SubParsersAction) -> None:
                              "(Marian/FSMT/BART load it without nmtq; the LSTM student needs `import nmtq.lstm`).")
     parser.add_argument("--teacher", default=None, help="The teacher's name for the model card.")
     parser.add_argument("--dataset", default=None, help="The test set's name for the model card.")
+    parser.add_argument("--ctranslate2", nargs="?", const="int8", default=None, metavar="QUANTIZATION",
+                        help="Instead, write a CTranslate2 model (Marian/BART students; int8 unless another "
+                             "quantization is named) for `nmtq evaluate --engine ctranslate2`; needs nmtq[ct2].")
+    parser.add_argument("--force", action="store_true", help="With --ctranslate2: replace an existing OUT_DIR.")
     parser.set_defaults(func=_run_export)
 
 
 def _run_export(args: argparse.Namespace) -> int:
+    if args.ctranslate2:
+        from .ct2 import convert_to_ctranslate2
+
+        out = convert_to_ctranslate2(args.model_dir, args.out_dir, quantization=args.ctranslate2, force=args.force)
+        print(f"CTranslate2 model ({args.ctranslate2}) of {args.model_dir} written to {out}")
+        return 0
     from .export import export_model
 
     report = export_model(args.model_dir, args.out_dir, huffman=args.huffman, dequantize=args.dequantize,

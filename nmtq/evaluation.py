@@ -249,8 +249,12 @@ def evaluate_directory(model_dir: str | os.PathLike, data_spec: str, split: str 
                        target_lang: str = "en", max_length: int | None = None, max_words: int | None = None,
                        num_beams: int = 4, max_new_tokens: int = 128, batch_size: int = 32,
                        output_dir: str | os.PathLike | None = None, device: str | None = None,
-                       progress: bool = True) -> dict[str, Any]:
+                       progress: bool = True, engine: str = "transformers",
+                       compute_type: str = "int8") -> dict[str, Any]:
     """Load a saved model and tokenizer, load ``split`` of ``data_spec`` through ``nmtq.data``, and evaluate.
+
+    ``engine="ctranslate2"`` decodes with CTranslate2 (``compute_type`` int8, float32, ...) from a folder written by
+    ``nmtq export --ctranslate2``, or a model folder converted on the fly (:class:`nmtq.ct2.Ct2Translator`).
 
     ``max_words`` is passed to ``load_corpus`` (``None``: no cleaning by word count). ``max_length`` then keeps
     only the pairs whose source and target each have at most that many tokenizer pieces; ``metrics["data"]`` says
@@ -263,12 +267,20 @@ def evaluate_directory(model_dir: str | os.PathLike, data_spec: str, split: str 
     from .tokenizer import load_tokenizer
 
     model_dir = Path(model_dir)
-    _check_model_dir(model_dir)
+    if engine == "ctranslate2":
+        from .ct2 import Ct2Translator
+
+        translator = Ct2Translator(model_dir, compute_type=compute_type)  # checks the folder itself
+        tokenizer = translator.tokenizer
+    elif engine == "transformers":
+        _check_model_dir(model_dir)
+        tokenizer = load_tokenizer(model_dir)
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        model = load_model(model_dir).to(device)
+    else:
+        raise ValueError(f"engine={engine!r}: pass 'transformers' or 'ctranslate2'")
     from .data import load_corpus  # imported on use: the rest of this module works without the data module
 
-    tokenizer = load_tokenizer(model_dir)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_model(model_dir).to(device)
     dataset, report = load_corpus(data_spec, split=split, source_lang=source_lang, target_lang=target_lang,
                                   max_words=max_words)
     sources, targets = list(dataset["source"]), list(dataset["target"])
@@ -278,8 +290,15 @@ def evaluate_directory(model_dir: str | os.PathLike, data_spec: str, split: str 
     if not sources:
         raise ValueError(f"no pairs of {data_spec!r} ({split}) left to evaluate out of {num_pairs}: "
                          f"raise max_length (now {max_length}) or check the data")
-    metrics = evaluate_model(model, tokenizer, sources, targets, num_beams=num_beams, max_new_tokens=max_new_tokens,
-                             batch_size=batch_size, output_dir=output_dir, progress=progress)
+    if engine == "ctranslate2":
+        from .ct2 import evaluate_ctranslate2
+
+        metrics = evaluate_ctranslate2(translator, sources, targets, num_beams=num_beams,
+                                       max_new_tokens=max_new_tokens, batch_size=batch_size, output_dir=output_dir)
+    else:
+        metrics = evaluate_model(model, tokenizer, sources, targets, num_beams=num_beams,
+                                 max_new_tokens=max_new_tokens, batch_size=batch_size, output_dir=output_dir,
+                                 progress=progress)
     metrics["model_dir"] = str(model_dir)
     metrics["data"] = {"spec": str(data_spec), "split": split, "num_pairs": num_pairs, "num_kept": len(sources),
                        "max_length": max_length,

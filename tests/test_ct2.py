@@ -1,0 +1,227 @@
+"""CTranslate2 conversion and decoding against transformers: tiny models trained through the CLI, CPU, float32."""
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ENGLISH, GERMAN, TINY
+
+ctranslate2 = pytest.importorskip("ctranslate2")
+
+import torch  # noqa: E402
+
+from nmtq.cli import main  # noqa: E402
+from nmtq.ct2 import INFO_FILE, Ct2Translator, convert_to_ctranslate2, evaluate_ctranslate2  # noqa: E402
+from nmtq.evaluation import evaluate_model, perplexity, translate  # noqa: E402
+from nmtq.models import load_model  # noqa: E402
+from nmtq.tokenizer import load_tokenizer  # noqa: E402
+
+# unseen sentences too: some translations end on </s>, others run into the length limit
+SOURCES = [*GERMAN, "der Hund ist alt", "die Frau schläft", "das Kind liest ein Buch"]
+MAX_NEW_TOKENS = 12
+
+
+def train(tmp_path_factory, model_type: str) -> Path:
+    """200 steps on the twelve pairs: enough for clear argmaxes, so float32 rounding cannot flip a greedy choice."""
+    root = tmp_path_factory.mktemp(model_type)
+    data = root / "pairs.tsv"
+    data.write_text("".join(f"{de}\t{en}\n" for de, en in zip(GERMAN, ENGLISH)), encoding="utf-8")
+    out = root / "model"
+    assert main(["train", "--data", f"tsv:{data}", "--output_dir", str(out), *TINY, "--model_type", model_type,
+                 "--max_steps", "200", "--save_strategy", "no"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def marian(tmp_path_factory) -> Path:
+    return train(tmp_path_factory, "marian")
+
+
+def greedy(model_dir: Path, sources=SOURCES) -> list[str]:
+    return translate(load_model(model_dir), load_tokenizer(model_dir), sources, num_beams=1,
+                     max_new_tokens=MAX_NEW_TOKENS, progress=False)
+
+
+def leftovers(out: Path) -> list[str]:
+    """Temporary siblings of ``out`` that a conversion left behind."""
+    return [p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
+
+
+def test_float32_greedy_and_perplexity_equal_transformers(marian, tmp_path):
+    model, tokenizer = load_model(marian), load_tokenizer(marian)
+    # the case CTranslate2's own Marian converter gets wrong: it starts the decoder from zeros, not from <pad>
+    assert model.get_input_embeddings().weight[model.config.decoder_start_token_id].abs().sum() > 0
+    out = convert_to_ctranslate2(marian, tmp_path / "ct2", quantization="float32")
+    translator = Ct2Translator(out, compute_type="float32")
+    expected = greedy(marian)
+    lengths = [len(ids) for ids in tokenizer(text_target=expected, add_special_tokens=False)["input_ids"]]
+    assert min(lengths) < MAX_NEW_TOKENS - 1 == max(lengths)  # both ways of ending are covered
+    assert translator.translate(SOURCES, num_beams=1, max_new_tokens=MAX_NEW_TOKENS) == expected
+    assert translator.translate(SOURCES, num_beams=1, max_new_tokens=1) == [""] * len(SOURCES)
+    assert translator.perplexity(GERMAN, ENGLISH) == pytest.approx(
+        perplexity(model, tokenizer, GERMAN, ENGLISH, progress=False), rel=1e-5)
+
+
+def test_bart_converts_exactly_too(tmp_path_factory, tmp_path):
+    bart = train(tmp_path_factory, "bart")
+    translator = Ct2Translator(convert_to_ctranslate2(bart, tmp_path / "ct2", "float32"), compute_type="float32")
+    assert translator.translate(SOURCES, num_beams=1, max_new_tokens=MAX_NEW_TOKENS) == greedy(bart)
+
+
+def rolled_vocabulary(model_dir: Path, out: Path) -> Path:
+    """The same model with every id moved up by one: ``<pad>``, last in nmtq's layout, becomes id 0."""
+    from transformers import MarianTokenizer
+
+    model = load_model(model_dir)
+    size = model.config.vocab_size
+    with torch.no_grad():
+        model.get_input_embeddings().weight.copy_(model.get_input_embeddings().weight.roll(1, 0))  # tied: all of them
+        model.final_logits_bias.copy_(model.final_logits_bias.roll(1, 1))
+    for config in (model.config, model.generation_config):
+        for key in ("pad_token_id", "eos_token_id", "decoder_start_token_id", "forced_eos_token_id"):
+            setattr(config, key, (getattr(config, key) + 1) % size)
+    model.save_pretrained(out)
+    vocab = json.loads((model_dir / "vocab.json").read_text(encoding="utf-8"))
+    (out / "vocab.json").write_text(json.dumps({t: (i + 1) % size for t, i in vocab.items()}), encoding="utf-8")
+    MarianTokenizer(str(model_dir / "source.spm"), str(model_dir / "target.spm"), str(out / "vocab.json"),
+                    source_lang="de", target_lang="en").save_pretrained(out)
+    return out
+
+
+def test_pad_need_not_be_last(marian, tmp_path):
+    rolled = rolled_vocabulary(marian, tmp_path / "rolled")
+    assert load_tokenizer(rolled).pad_token_id == 0
+    expected = greedy(marian)
+    assert greedy(rolled) == expected  # the same model, numbered differently
+    translator = Ct2Translator(convert_to_ctranslate2(rolled, tmp_path / "ct2", "float32"), compute_type="float32")
+    assert translator.translate(SOURCES, num_beams=1, max_new_tokens=MAX_NEW_TOKENS) == expected
+
+
+def test_int8_folder_is_complete_and_evaluates_like_evaluate_model(marian, tmp_path):
+    out = convert_to_ctranslate2(marian, tmp_path / "ct2")  # int8
+    assert {"model.bin", "config.json", "shared_vocabulary.json", INFO_FILE, "source.spm", "target.spm",
+            "vocab.json", "tokenizer_config.json"} <= {p.name for p in out.iterdir()}
+    assert json.loads((out / INFO_FILE).read_text())["quantization"] == "int8"
+    float32 = convert_to_ctranslate2(marian, tmp_path / "ct2-float32", "float32")
+    assert (out / "model.bin").stat().st_size < 0.7 * (float32 / "model.bin").stat().st_size  # int8 weights
+    shutil.copytree(out, tmp_path / "moved")  # self-contained: nothing points back at the model folder
+    translator = Ct2Translator(tmp_path / "moved")
+    metrics = evaluate_ctranslate2(translator, GERMAN, ENGLISH, num_beams=2, max_new_tokens=MAX_NEW_TOKENS,
+                                   output_dir=tmp_path / "eval")
+    reference = evaluate_model(load_model(marian), load_tokenizer(marian), GERMAN, ENGLISH, num_beams=2,
+                               max_new_tokens=MAX_NEW_TOKENS, progress=False)
+    assert set(reference) | {"engine", "compute_type"} == set(metrics)
+    assert metrics["engine"] == "ctranslate2" and metrics["compute_type"] == "int8"
+    assert len((tmp_path / "eval" / "hypotheses.txt").read_text().splitlines()) == len(GERMAN)
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["bleu"] == metrics["bleu"]
+
+
+def test_a_model_folder_is_converted_on_the_fly(marian):
+    translator = Ct2Translator(marian, compute_type="float32")
+    assert translator.translate(SOURCES, num_beams=1, max_new_tokens=MAX_NEW_TOKENS) == greedy(marian)
+
+
+def test_an_nmtq_export_folder_converts_exactly(marian, tmp_path):
+    from test_distill import distill_argv
+
+    from nmtq.export import export_model, load_exported
+
+    student, export = tmp_path / "student", tmp_path / "export"
+    assert main(distill_argv(marian.parent / "pairs.tsv", marian, student, "--student_decoder_layers", "1",
+                             "--method", "qd", "--max_steps", "2", "--save_strategy", "no")) == 0
+    export_model(student, export)
+    model, tokenizer = load_exported(export)
+    expected = translate(model, tokenizer, SOURCES, num_beams=1, max_new_tokens=MAX_NEW_TOKENS, progress=False)
+    translator = Ct2Translator(convert_to_ctranslate2(export, tmp_path / "ct2", "float32"), compute_type="float32")
+    assert translator.translate(SOURCES, num_beams=1, max_new_tokens=MAX_NEW_TOKENS) == expected
+
+
+def test_a_failed_conversion_leaves_nothing_and_keeps_the_earlier_one(marian, tmp_path, monkeypatch):
+    out = convert_to_ctranslate2(marian, tmp_path / "ct2", "float32")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def disk_full(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(ctranslate2.specs.ModelSpec, "save", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        convert_to_ctranslate2(marian, out, "int8", force=True)
+    with pytest.raises(OSError, match="No space left"):
+        convert_to_ctranslate2(marian, tmp_path / "new", "int8")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert not (tmp_path / "new").exists() and leftovers(out) == [] and leftovers(tmp_path / "new") == []
+
+
+def lstm_dir(model_dir: Path, out: Path) -> Path:
+    from nmtq.lstm import LstmForConditionalGeneration, LstmSeq2SeqConfig
+
+    tokenizer = load_tokenizer(model_dir)
+    config = LstmSeq2SeqConfig(vocab_size=len(tokenizer), d_model=8, hidden_size=8)
+    LstmForConditionalGeneration(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def fsmt_dir(out: Path) -> Path:
+    from nmtq.args import ModelArguments
+    from nmtq.models import build_model
+
+    args = ModelArguments(model_type="fsmt", d_model=16, encoder_layers=1, decoder_layers=1, attention_heads=2,
+                          ffn_dim=32, max_position_embeddings=32)
+    build_model(args, vocab_size=10, pad_token_id=9, eos_token_id=0).save_pretrained(out)
+    return out
+
+
+def wider_embeddings(model_dir: Path, out: Path) -> Path:
+    model = load_model(model_dir)
+    model.resize_token_embeddings(model.config.vocab_size + 1)
+    model.save_pretrained(out)
+    load_tokenizer(model_dir).save_pretrained(out)
+    return out
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda marian, tmp: tmp / "missing", "does not exist"),
+    (lambda marian, tmp: lstm_dir(marian, tmp / "lstm"), "LSTM student, which CTranslate2 cannot run"),
+    (lambda marian, tmp: fsmt_dir(tmp / "fsmt"), "'fsmt' model; nmtq converts ('marian', 'bart')"),
+    (lambda marian, tmp: wider_embeddings(marian, tmp / "wide"), "do not number the model's"),
+], ids=["missing", "lstm", "fsmt", "vocabulary"])
+def test_models_it_cannot_convert(make, message, marian, tmp_path):
+    out = tmp_path / "ct2"
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        convert_to_ctranslate2(make(marian, tmp_path), out)
+    assert not out.exists() and leftovers(out) == []
+
+
+def test_bad_arguments_fail_before_anything_is_written(marian, tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="quantization='int4'"):
+        convert_to_ctranslate2(marian, tmp_path / "ct2", "int4")
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(ValueError, match="pass force=True"):
+        convert_to_ctranslate2(marian, tmp_path / "taken")
+    with pytest.raises(ValueError, match="would replace the model folder"):
+        convert_to_ctranslate2(marian, marian.parent, force=True)
+    assert sorted(os.listdir(tmp_path)) == ["taken"] and (marian / "model.safetensors").is_file()
+    monkeypatch.setitem(sys.modules, "ctranslate2", None)  # as if not installed
+    with pytest.raises(ValueError, match=r"pip install 'nmtq\[ct2\]'"):
+        convert_to_ctranslate2(marian, tmp_path / "ct2")
+
+
+def test_export_and_evaluate_through_the_cli(marian, tmp_path, capsys):
+    data = tmp_path / "pairs.tsv"
+    data.write_text("".join(f"{de}\t{en}\n" for de, en in zip(GERMAN, ENGLISH)), encoding="utf-8")
+    out = tmp_path / "ct2"
+    assert main(["export", str(marian), str(out), "--ctranslate2", "float32"]) == 0
+    assert (out / "model.bin").is_file() and "CTranslate2 model (float32)" in capsys.readouterr().out
+    assert main(["export", str(marian), str(out), "--ctranslate2"]) == 2  # exists: --force to replace it
+    assert main(["export", str(marian), str(out), "--ctranslate2", "--force"]) == 0
+    common = ["--data", f"tsv:{data}", "--num-beams", "1", "--max-new-tokens", str(MAX_NEW_TOKENS)]
+    assert main(["evaluate", str(out), *common, "--engine", "ctranslate2", "--compute-type", "float32",
+                 "--output-dir", str(tmp_path / "e2")]) == 0
+    assert main(["evaluate", str(marian), *common, "--output-dir", str(tmp_path / "e1")]) == 0
+    ct2, hf = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("e2", "e1"))
+    assert ct2["engine"] == "ctranslate2" and ct2["num_sentences"] == hf["num_sentences"] == 12
+    assert (tmp_path / "e2" / "hypotheses.txt").is_file()
