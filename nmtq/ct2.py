@@ -26,14 +26,13 @@ import json
 import math
 import os
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .evaluation import _check_lengths, _check_model_dir, _max_source_length, _reference_streams, corpus_scores
-from .io import write_json_atomic, write_text_atomic
+from .evaluation import _check_lengths, _check_model_dir, _max_source_length, evaluate_with
+from .io import write_json_atomic
 
 SUPPORTED_MODEL_TYPES = ("marian", "bart")
 QUANTIZATIONS = ("int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16", "bfloat16", "float32")
@@ -254,29 +253,7 @@ def evaluate_ctranslate2(translator: Ct2Translator, sources: list[str], referenc
     Example:
         >>> metrics = evaluate_ctranslate2(Ct2Translator("runs/student-ct2"), sources, references)  # doctest: +SKIP
     """
-    streams = _reference_streams(references)
-    _check_lengths(sources, {f"reference set {k}": stream for k, stream in enumerate(streams)})
-    if not sources:
-        raise ValueError("no sentences to evaluate: pass at least one source and its reference(s)")
-    start = time.perf_counter()
-    hypotheses = translator.translate(sources, num_beams, max_new_tokens, batch_size)
-    seconds = time.perf_counter() - start
-    generated_tokens = sum(len(ids) for ids in translator.tokenizer(text_target=hypotheses)["input_ids"])
-    metrics = {
-        **corpus_scores(hypotheses, streams),
-        "perplexity": translator.perplexity(sources, streams[0], batch_size),
-        "num_sentences": len(sources),
-        "num_references": len(streams),
-        "num_beams": num_beams,
-        "generated_tokens": generated_tokens,
-        "generation_seconds": seconds,
-        "tokens_per_second": generated_tokens / max(seconds, 1e-9),
-        "engine": "ctranslate2",
-        "compute_type": translator.compute_type,
-    }
-    if output_dir is not None:
-        output_dir = Path(output_dir)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(output_dir / "hypotheses.txt", "".join(" ".join(h.splitlines()) + "\n" for h in hypotheses))
-        write_json_atomic(output_dir / "metrics.json", metrics)
-    return metrics
+    return evaluate_with(lambda texts: translator.translate(texts, num_beams, max_new_tokens, batch_size),
+                         lambda texts, refs: translator.perplexity(texts, refs, batch_size), translator.tokenizer,
+                         sources, references, num_beams, output_dir,
+                         {"engine": "ctranslate2", "compute_type": translator.compute_type})

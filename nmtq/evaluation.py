@@ -16,7 +16,7 @@ import dataclasses
 import math
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -195,23 +195,36 @@ def evaluate_model(model: Any, tokenizer: Any, sources: list[str], references: l
         >>> sorted(metrics)[:3]  # doctest: +SKIP
         ['bleu', 'bleu_details', 'bleu_signature']
     """
+    return evaluate_with(
+        lambda texts: translate(model, tokenizer, texts, num_beams, max_new_tokens, batch_size, progress),
+        lambda texts, refs: perplexity(model, tokenizer, texts, refs, batch_size, progress),
+        tokenizer, sources, references, num_beams, output_dir)
+
+
+def evaluate_with(translate_fn: Callable[[list[str]], list[str]],
+                  perplexity_fn: Callable[[list[str], list[str]], float], tokenizer: Any, sources: list[str],
+                  references: list[str] | list[list[str]], num_beams: int,
+                  output_dir: str | os.PathLike | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The metrics of :func:`evaluate_model` for any decoder: ``translate_fn(sources)`` gives the hypotheses and
+    ``perplexity_fn(sources, references)`` the perplexity; ``extra`` entries are added to the metrics."""
     streams = _reference_streams(references)
     _check_lengths(sources, {f"reference set {k}": stream for k, stream in enumerate(streams)})
     if not sources:
         raise ValueError("no sentences to evaluate: pass at least one source and its reference(s)")
     start = time.perf_counter()
-    hypotheses = translate(model, tokenizer, sources, num_beams, max_new_tokens, batch_size, progress)
+    hypotheses = translate_fn(sources)
     seconds = time.perf_counter() - start
     generated_tokens = sum(len(ids) for ids in tokenizer(text_target=hypotheses)["input_ids"])
     metrics = {
         **corpus_scores(hypotheses, streams),
-        "perplexity": perplexity(model, tokenizer, sources, streams[0], batch_size, progress),
+        "perplexity": perplexity_fn(sources, streams[0]),
         "num_sentences": len(sources),
         "num_references": len(streams),
         "num_beams": num_beams,
         "generated_tokens": generated_tokens,
         "generation_seconds": seconds,
         "tokens_per_second": generated_tokens / max(seconds, 1e-9),
+        **(extra or {}),
     }
     if output_dir is not None:
         output_dir = Path(output_dir)

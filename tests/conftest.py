@@ -24,6 +24,14 @@ TINY = ["--vocab_size", "60", "--d_model", "16", "--encoder_layers", "1", "--dec
         "--disable_tqdm", "true", "--seed", "0"]
 
 
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """The twelve pairs as a TSV file shared by a test module (its teacher fixtures are module-scoped too)."""
+    path = tmp_path_factory.mktemp("data") / "pairs.tsv"
+    path.write_text("".join(f"{de}\t{en}\n" for de, en in zip(GERMAN, ENGLISH)), encoding="utf-8")
+    return path
+
+
 @pytest.fixture
 def tiny_tsv(tmp_path):
     """Twelve German-English pairs, repeated, as a TSV file: a corpus small enough to overfit in seconds."""

@@ -62,13 +62,6 @@ STUDENTS = {  # quantized distillation; learned points (dq); quantized distillat
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "pairs.tsv"
-    path.write_text("".join(f"{de}\t{en}\n" for de, en in zip(GERMAN, ENGLISH)), encoding="utf-8")
-    return path
-
-
-@pytest.fixture(scope="module")
 def teacher_dir(corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("teacher")
     assert main(["train", "--data", f"tsv:{corpus}", "--output_dir", str(out), *TINY, "--decoder_layers", "2",
