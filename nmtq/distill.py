@@ -422,7 +422,7 @@ def distill(data_args: DataArguments, distill_args: DistillArguments, quant_conf
         config = dataclasses.replace(quant_config, learn_points=distill_args.method == "dq")
         quantizer = Quantizer(student, config)
         if distill_args.mean_bits is not None:
-            collator = DataCollatorForSeq2Seq(tokenizer, model=student)
+            collator = DistillationCollator(tokenizer, student)  # ids and labels only, not the texts
             batches = [collator([train_set[i] for i in range(j, min(j + 32, len(train_set)))])
                        for j in range(0, min(len(train_set), 128), 32)]
             bits = allocate_bits_by_gradient(quantizer, student, teacher, batches, distill_args.mean_bits,

@@ -17,6 +17,7 @@ Prints markdown tables to record in the README:
 from __future__ import annotations
 
 import argparse
+import copy
 import platform
 import statistics
 import tempfile
@@ -29,7 +30,7 @@ from transformers import DataCollatorForSeq2Seq
 from nmtq.data import load_corpus
 from nmtq.distill import DistillationCollator, fp32_size
 from nmtq.evaluation import keep_short_pairs, translate
-from nmtq.losses import distillation_loss
+from nmtq.losses import TopK, distillation_loss
 from nmtq.models import load_model
 from nmtq.quant import Quantizer
 from nmtq.student import make_student
@@ -39,8 +40,6 @@ from nmtq.tokenizer import load_tokenizer
 
 def step_fn(student, teacher, batch, quantizer_bits: int | None, cached: bool):
     """A closure doing one training step of ``student`` (a fresh copy per configuration)."""
-    import copy
-
     model = copy.deepcopy(student).train()
     if quantizer_bits:
         Quantizer(model, bits=quantizer_bits, bucket_size=256)
@@ -50,8 +49,6 @@ def step_fn(student, teacher, batch, quantizer_bits: int | None, cached: bool):
     def step() -> None:
         outputs = model(**features)
         if cached:
-            from nmtq.losses import TopK
-
             target = TopK(batch["teacher_ids"], batch["teacher_log_probs"])
         else:
             with torch.no_grad():

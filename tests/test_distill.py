@@ -419,3 +419,11 @@ def test_two_processes_share_the_teacher_caches_and_distil(corpus, teacher_dir, 
     assert len(list(cache.glob("translations-*/seq-*.jsonl"))) == 4  # 12 pairs in shards of 3, split by rank
     assert len(list(cache.glob("top4-*/topk-*.safetensors"))) == 8  # references and translations
     assert json.loads((out / "test" / "metrics.json").read_text())["teacher_top_k"] == 4
+
+
+def test_a_bit_budget_works_with_sequence_level_kd(corpus, teacher_dir, tmp_path):
+    out = tmp_path / "budget"
+    assert main(distill_argv(corpus, teacher_dir, out, "--method", "qd", "--mean_bits", "3", "--sequence_kd", "0.5",
+                             "--teacher_cache_dir", str(tmp_path / "cache"), "--max_steps", "2",
+                             "--save_strategy", "no")) == 0
+    assert len(set(json.loads((out / "quantization.json").read_text())["bits"].values())) > 1
