@@ -3,16 +3,8 @@
     nmtq distill --config recipes/bible-de-en-qd4.yaml [--field value ...]
     accelerate launch --multi_gpu --num_processes 2 -m nmtq distill --config recipes/bible-de-en-qd4.yaml
 
-``--method`` selects what is trained:
-
-* ``fp``: the student alone, cross-entropy on the references (alpha = 0), full precision;
-* ``kd``: word-level distillation, full precision;
-* ``ptq``: post-training ("post-mortem") quantization of a trained student, no training;
-* ``qd``: quantized distillation: the distillation loss through fake-quantized weights, straight-through
-  gradients to the full-precision weights;
-* ``dq``: differentiable quantization: the weights of a trained student stay fixed and the quantization points
-  are learned against the distillation loss; with ``--alternate_every`` (steps or ``epoch``) phases of quantized
-  distillation of the weights and of point learning alternate, as in the paper.
+``--method`` (fp, kd, ptq, qd, dq), the alternation of ``dq`` and pruning (PQK) are those of
+:mod:`nmtq.methods`, shared with the image trainer.
 
 What the student learns from:
 
@@ -22,34 +14,32 @@ What the student learns from:
 * ``--teacher_top_k K``: Apprentice's scheme B, the teacher's top-K log-probabilities per target token computed
   once and cached in shards (``nmtq.teacher_cache``), so training never runs the teacher.
 
-Pruning, quantization and distillation together (PQK; Deep Compression): ``--sparsity S`` with ``qd`` or ``dq``
-prunes the smallest weights of the quantized tensors on Zhu & Gupta's cubic schedule, from ``prune_start_step``
-to ``prune_end_step``, every ``prune_every`` steps; with ``ptq`` it prunes once before quantizing. A pruned
-weight costs one bit of a mask bitmap on disk instead of its code.
-
 Apprentice's scheme C (a trained full-precision student fine-tuned at low precision with distillation) is
 ``--method qd --student_name_or_path DIR``.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, TrainerCallback
+from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer
 
 from .args import DataArguments, NmtTrainingArguments
 from .export import CODES_FILE, save_codes
-from .io import atomic_path, write_json_atomic
+from .io import write_json_atomic
 from .losses import TopK, distillation_loss
+from .methods import (
+    MethodArguments,
+    QuantizedTrainingMixin,
+    finish_quantization,
+    fp32_size,
+    method_callbacks,
+    prepare_quantizer,
+)
 from .models import enable_generation_cache, load_model
-from .quant import Quantizer, QuantizerConfig, SizeReport, size_report
-from .quant.prune import sparsity_at
-from .quant.quantizer import POINTS_SUFFIX
-from .quant.size import stored_tensors
+from .quant import QuantizerConfig, SizeReport
 from .student import make_student
 from .teacher_cache import TopKCache, cache_directory, cache_top_k, cache_translations, teacher_fingerprint
 from .tokenizer import load_tokenizer
@@ -62,22 +52,13 @@ from .train import (
     tokenize,
 )
 
-METHODS = ("fp", "kd", "ptq", "qd", "dq")
-QUANTIZER_STATE = "quantizer.json"
-MASKS = "quantizer-masks.safetensors"
-
 
 @dataclass
-class DistillArguments:
-    """The teacher, the student and the method."""
+class DistillArguments(MethodArguments):
+    """The teacher, the student, the method (:class:`nmtq.methods.MethodArguments`) and the teacher's targets."""
 
     teacher: str = field(default="runs/bible-de-en-teacher",
                          metadata={"help": "Directory (or Hub id) of the full-precision teacher and its tokenizer."})
-    method: str = field(default="qd", metadata={"help": f"One of {', '.join(METHODS)} (see nmtq.distill)."})
-    alpha: float = field(default=0.7, metadata={"help": "Weight of the distillation term (1 - alpha: references)."})
-    temperature: float = field(default=1.0, metadata={"help": "Softmax temperature of the distillation term."})
-    student_name_or_path: str | None = field(
-        default=None, metadata={"help": "Start from this trained student (needed by ptq and dq)."})
     student_encoder_layers: int | None = field(default=None, metadata={"help": "Student encoder layers."})
     student_decoder_layers: int | None = field(default=None, metadata={"help": "Student decoder layers."})
     student_d_model: int | None = field(default=None, metadata={"help": "Student width (default: the teacher's)."})
@@ -87,20 +68,6 @@ class DistillArguments:
     student_hidden_size: int = field(default=512, metadata={"help": "LSTM student: hidden size."})
     student_init: str = field(default="teacher", metadata={"help": "'teacher' (its embeddings and a spread of its "
                                                                    "layers) or 'scratch'."})
-    mean_bits: float | None = field(
-        default=None, metadata={"help": "Spread this many bits per weight over the tensors by gradient norm "
-                                        "(instead of --bits for all)."})
-    alternate_every: str | None = field(
-        default=None, metadata={"help": "dq: alternate quantized distillation of the weights and learning of the "
-                                        "points, switching every N optimizer steps or every 'epoch'; unset: only "
-                                        "the points of a trained student are learned."})
-    sparsity: float = field(
-        default=0.0, metadata={"help": "Prune this fraction of every quantized tensor, smallest magnitudes first "
-                                       "(qd, dq: on a schedule while training; ptq: at once)."})
-    prune_start_step: int = field(default=0, metadata={"help": "First step of the pruning schedule."})
-    prune_end_step: int | None = field(
-        default=None, metadata={"help": "Step at which --sparsity is reached (default: two thirds of the run)."})
-    prune_every: int = field(default=50, metadata={"help": "Steps between two pruning updates."})
     sequence_kd: float = field(
         default=0.0, metadata={"help": "Weight of sequence-level KD: the loss on the teacher's beam translations of "
                                        "the training sources (made once, cached); 0: references only, 1: "
@@ -116,17 +83,7 @@ class DistillArguments:
                                                                   "written atomically: the unit of resumption)."})
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method={self.method!r}: pass one of {', '.join(METHODS)}")
-        self.alternate_every = self._alternation()
-        if (self.method == "ptq" or self.method == "dq" and self.alternate_every is None) \
-                and not self.student_name_or_path:
-            raise ValueError(f"method={self.method} starts from a trained student: pass --student_name_or_path "
-                             "(a directory written by nmtq distill --method kd, say)"
-                             + ("; or alternate weights and points from the teacher's copy with --alternate_every"
-                                if self.method == "dq" else ""))
-        if not 0 <= self.alpha <= 1 or self.temperature <= 0:
-            raise ValueError(f"need 0 <= alpha <= 1 and temperature > 0, got {self.alpha}, {self.temperature}")
+        super().__post_init__()
         if self.student_type not in ("transformer", "lstm"):
             raise ValueError(f"student_type={self.student_type!r}: pass 'transformer' or 'lstm'")
         if self.student_init not in ("teacher", "scratch"):
@@ -136,60 +93,30 @@ class DistillArguments:
                              "(teacher translations)")
         if self.teacher_top_k < 0 or self.cache_shard_size < 1:
             raise ValueError("teacher_top_k must be 0 (live teacher) or a positive k, and cache_shard_size positive")
-        if not 0 <= self.sparsity < 1 or self.prune_every < 1 or self.prune_start_step < 0:
-            raise ValueError(f"sparsity={self.sparsity}, prune_every={self.prune_every}, prune_start_step="
-                             f"{self.prune_start_step}: pass 0 <= sparsity < 1, prune_every >= 1, start >= 0")
-        if self.sparsity and not self.quantized:
-            raise ValueError(f"sparsity prunes the quantized tensors: use method qd, dq or ptq, not {self.method}")
-        if self.prune_end_step is not None and self.prune_end_step < self.prune_start_step:
-            raise ValueError(f"prune_end_step={self.prune_end_step} comes before prune_start_step="
-                             f"{self.prune_start_step}")
         if self.method == "fp" and self.teacher_top_k:
             raise ValueError("method=fp trains on the references alone, without the teacher's distribution: drop "
                              "teacher_top_k, or use method kd")
-
-    def _alternation(self) -> int | str | None:
-        """``alternate_every`` as a number of steps, ``'epoch'``, or None."""
-        value = self.alternate_every
-        if value is None or str(value).lower() in ("", "none"):
-            return None
-        if self.method != "dq":
-            raise ValueError(f"alternate_every applies to method dq only (the method is {self.method})")
-        if str(value).lower() == "epoch":
-            return "epoch"
-        if not str(value).isdigit() or int(value) < 1:
-            raise ValueError(f"alternate_every={value!r}: pass a positive number of optimizer steps or 'epoch'")
-        return int(value)
-
-    @property
-    def quantized(self) -> bool:
-        return self.method in ("ptq", "qd", "dq")
 
 
 DISTILL_ARGUMENT_CLASSES = (DataArguments, DistillArguments, QuantizerConfig, NmtTrainingArguments)
 
 
-class DistillationTrainer(Seq2SeqTrainer):
+class DistillationTrainer(QuantizedTrainingMixin, Seq2SeqTrainer):
     """``Seq2SeqTrainer`` whose loss is ``alpha T^2 KL(teacher || student) + (1 - alpha) CE`` per target token.
 
     The teacher is frozen (``eval()``, ``requires_grad_(False)``, ``no_grad``) and placed on the student's device;
     it may be None when every batch carries cached teacher outputs (``teacher_ids``, ``teacher_log_probs``).
     Batches from :class:`DistillationCollator` may carry a second target stream (``sequence_*``, sequence-level
-    KD); its loss is weighted by ``sequence_kd`` and the references' by ``1 - sequence_kd``. With
-    ``alternate_every`` (steps or ``'epoch'``) the optimizer updates the weights and the quantizer's points in
-    turn, starting with the weights.
+    KD); its loss is weighted by ``sequence_kd`` and the references' by ``1 - sequence_kd``. The quantizer and
+    the alternation of ``dq`` come from :class:`nmtq.methods.QuantizedTrainingMixin`.
     """
 
     loss_is_scaled_for_ga = True  # compute_loss divides by num_items_in_batch
 
-    def __init__(self, *args, teacher, alpha: float, temperature: float, quantizer: Quantizer | None = None,
-                 sequence_kd: float = 0.0, alternate_every: int | str | None = None, **kwargs) -> None:
+    def __init__(self, *args, teacher, alpha: float, temperature: float, sequence_kd: float = 0.0, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.teacher = None if teacher is None else teacher.requires_grad_(False).eval().to(self.args.device)
-        self.alpha, self.temperature, self.quantizer = alpha, temperature, quantizer
-        self.sequence_kd, self.alternate_every = sequence_kd, alternate_every
-        if alternate_every is not None and (quantizer is None or not quantizer.config.learn_points):
-            raise ValueError("alternate_every needs a quantizer with learned points (method dq)")
+        self.alpha, self.temperature, self.sequence_kd = alpha, temperature, sequence_kd
 
     def _word_level(self, model, inputs: dict, num_items_in_batch):
         labels, cached = inputs.pop("labels"), _pop_top_k(inputs)
@@ -219,37 +146,8 @@ class DistillationTrainer(Seq2SeqTrainer):
             loss = (1 - self.sequence_kd) * loss + self.sequence_kd * sequence_loss * share
         if num_items_in_batch is not None and self.args.average_tokens_across_devices:
             loss = loss * self.accelerator.num_processes  # num_items_in_batch counts every process's tokens
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"the distillation loss is {loss.item()} at step {self.state.global_step}: stopping before the "
-                f"weights are damaged; the last good checkpoint is kept in {self.args.output_dir}. Lower "
-                "learning_rate or raise bits, then resume with --resume_from_checkpoint last")
+        self.check_finite(loss)
         return (loss, outputs) if return_outputs else loss
-
-    def points_phase(self) -> bool:
-        """With alternation: whether this step updates the points (else the weights)."""
-        if self.alternate_every == "epoch":
-            return int(self.state.epoch or 0) % 2 == 1
-        return (self.state.global_step // self.alternate_every) % 2 == 1
-
-    def training_step(self, model, inputs, num_items_in_batch=None):
-        loss = super().training_step(model, inputs, num_items_in_batch)
-        if self.alternate_every is not None:
-            points = {id(p) for p in self.quantizer.point_parameters()}
-            learn_points = self.points_phase()
-            for p in self.model.parameters():
-                if (id(p) in points) != learn_points:
-                    p.grad = None  # Adam skips a parameter without a gradient: no update, no moment change
-        return loss
-
-    def get_decay_parameter_names(self, model) -> list[str]:
-        return [n for n in super().get_decay_parameter_names(model) if not n.endswith(POINTS_SUFFIX)]
-
-    def create_optimizer(self, *args, **kwargs):
-        optimizer = super().create_optimizer(*args, **kwargs)
-        if self.quantizer is not None and self.quantizer.config.learn_points:
-            self.quantizer.attach_optimizer(optimizer)  # learned points stay sorted after every step
-        return optimizer
 
 
 def _pop_top_k(inputs: dict) -> TopK | None:
@@ -293,63 +191,6 @@ class DistillationCollator:
         return batch
 
 
-class SaveQuantizerState(TrainerCallback):
-    """Write the quantizer's bit allocation and pruning masks into every checkpoint (points are model weights)."""
-
-    def __init__(self, quantizer: Quantizer) -> None:
-        self.quantizer = quantizer
-
-    def on_save(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            masks = self.quantizer.mask_state()
-            if masks:
-                from safetensors.torch import save_file
-
-                with atomic_path(checkpoint / MASKS) as tmp:
-                    save_file({name: mask.to(torch.uint8) for name, mask in masks.items()}, str(tmp))
-            write_json_atomic(checkpoint / QUANTIZER_STATE, self.quantizer.state_dict())  # last: marks it whole
-
-
-def load_quantizer_state(quantizer: Quantizer, checkpoint: str | Path) -> None:
-    """Restore what :class:`SaveQuantizerState` wrote into ``checkpoint`` (nothing if it holds no quantizer)."""
-    checkpoint = Path(checkpoint)
-    if (checkpoint / QUANTIZER_STATE).is_file():
-        quantizer.load_state_dict(json.loads((checkpoint / QUANTIZER_STATE).read_text()))
-    if (checkpoint / MASKS).is_file():
-        from safetensors.torch import load_file
-
-        quantizer.load_mask_state(load_file(str(checkpoint / MASKS)))
-
-
-class PruneSchedule(TrainerCallback):
-    """Magnitude pruning of the quantized tensors on Zhu & Gupta's cubic schedule, every ``every`` steps.
-
-    Masks only shrink, so a resumed run (masks restored from the checkpoint) continues where it stopped. When
-    training ends early (a time budget), the final sparsity is applied at the end and the log says so.
-    """
-
-    def __init__(self, quantizer: Quantizer, sparsity: float, start: int, end: int | None, every: int, log) -> None:
-        self.quantizer, self.sparsity, self.start, self.end, self.every, self.log = (
-            quantizer, sparsity, start, end, every, log)
-
-    def _end(self, state) -> int:
-        return self.end if self.end is not None else max(self.start, (2 * state.max_steps) // 3)
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        step, end = state.global_step, self._end(state)
-        if step >= self.start and ((step - self.start) % self.every == 0 or step == end):
-            target = sparsity_at(step, self.sparsity, self.start, max(end, self.start))
-            if target > self.quantizer.sparsity():
-                self.quantizer.prune(target)
-
-    def on_train_end(self, args, state, control, **kwargs):
-        if self.quantizer.sparsity() < self.sparsity:
-            self.log(f"training stopped at step {state.global_step}, before the pruning schedule ended: pruning to "
-                     f"{self.sparsity} now, without retraining")
-            self.quantizer.prune(self.sparsity)
-
-
 def build_student(distill_args: DistillArguments, teacher):
     """The trained student to start from, or a shallower copy of the teacher."""
     if distill_args.student_name_or_path:
@@ -375,30 +216,6 @@ def build_student(distill_args: DistillArguments, teacher):
     return student
 
 
-def not_stored(model) -> set[str]:
-    """State-dict entries that ``save_pretrained`` leaves out (recomputed on load): not counted in any size."""
-    return set(getattr(model, "_keys_to_ignore_on_save", None) or ())
-
-
-def fp32_size(model) -> SizeReport:
-    """Size of ``model`` with every stored tensor in full precision, each tied tensor once."""
-    return size_report({}, stored_tensors(model, not_stored=not_stored(model)))
-
-
-def allocate_bits_by_gradient(quantizer: Quantizer, student, teacher, batches, mean_bits: float, alpha: float,
-                              temperature: float) -> dict[str, int]:
-    """Polino et al.'s heuristic: bits per tensor in proportion to the norm of the distillation loss gradient."""
-    student.train()
-    for batch in batches:
-        labels = batch.pop("labels")
-        with torch.no_grad():
-            teacher_logits = teacher(**batch).logits
-        distillation_loss(student(**batch).logits, teacher_logits, labels, alpha, temperature).backward()
-    bits = quantizer.allocate_bits(mean_bits, max_bits=8)
-    student.zero_grad(set_to_none=True)
-    return bits
-
-
 def distill(data_args: DataArguments, distill_args: DistillArguments, quant_config: QuantizerConfig,
             training_args: NmtTrainingArguments) -> dict:
     """Distil and/or quantize a student as ``distill_args.method`` says; return its test metrics and size."""
@@ -417,28 +234,20 @@ def distill(data_args: DataArguments, distill_args: DistillArguments, quant_conf
     teacher_size = fp32_size(teacher)
     keep = ("source",) if distill_args.sequence_kd else ()
     train_set = tokenize(splits["train"], tokenizer, data_args.max_source_length, data_args.max_target_length, keep)
-    quantizer = None
-    if distill_args.quantized:
-        config = dataclasses.replace(quant_config, learn_points=distill_args.method == "dq")
-        quantizer = Quantizer(student, config)
-        if distill_args.mean_bits is not None:
-            collator = DistillationCollator(tokenizer, student)  # ids and labels only, not the texts
-            batches = [collator([train_set[i] for i in range(j, min(j + 32, len(train_set)))])
-                       for j in range(0, min(len(train_set), 128), 32)]
-            bits = allocate_bits_by_gradient(quantizer, student, teacher, batches, distill_args.mean_bits,
-                                             distill_args.alpha, distill_args.temperature)
-            log(f"bits by gradient norm (mean {distill_args.mean_bits}): {sorted(set(bits.values()))}")
-        if distill_args.method == "dq" and distill_args.alternate_every is None:
-            quantizer.train_points_only()
-        if distill_args.method == "ptq" and distill_args.sparsity:
-            log(f"pruned to sparsity {quantizer.prune(distill_args.sparsity):.3f} before quantizing")
-    alpha = 0.0 if distill_args.method == "fp" else distill_args.alpha
+
+    def gradient_batches() -> list[dict]:  # --mean_bits: the first 128 pairs, ids and labels only (not the texts)
+        collator = DistillationCollator(tokenizer, student)
+        return [collator([train_set[i] for i in range(j, min(j + 32, len(train_set)))])
+                for j in range(0, min(len(train_set), 128), 32)]
+
+    quantizer = prepare_quantizer(student, distill_args, quant_config, log, gradient_batches, teacher)
     if distill_args.method != "ptq":
         train_set, top_k = teacher_targets(train_set, teacher, tokenizer, student, data_args, distill_args,
                                            training_args, log)
-        if top_k and (alpha == 0 or set(top_k) >= {"labels", "teacher_labels"} & set(train_set.column_names)):
+        streams = {"labels", "teacher_labels"} & set(train_set.column_names)
+        if top_k and (distill_args.effective_alpha == 0 or set(top_k) >= streams):
             teacher = None  # every batch carries the teacher's outputs: it need not even be on the device
-        _train(student, teacher, tokenizer, train_set, top_k, quantizer, alpha, distill_args, training_args,
+        _train(student, teacher, tokenizer, train_set, top_k, quantizer, distill_args, training_args,
                checkpoint, log)
     return _finish(student, tokenizer, quantizer, teacher_size, splits["test"], data_args, distill_args, training_args,
                    log)
@@ -488,21 +297,14 @@ def teacher_targets(train_set, teacher, tokenizer, student, data_args: DataArgum
     return train_set, caches
 
 
-def _train(student, teacher, tokenizer, train_set, top_k, quantizer, alpha, distill_args, training_args, checkpoint,
-           log):
-    if checkpoint and quantizer is not None:
-        load_quantizer_state(quantizer, checkpoint)
-    callbacks = time_budget(training_args)
-    if quantizer is not None:
-        callbacks.append(SaveQuantizerState(quantizer))
-    if distill_args.sparsity:
-        callbacks.append(PruneSchedule(quantizer, distill_args.sparsity, distill_args.prune_start_step,
-                                       distill_args.prune_end_step, distill_args.prune_every, log))
+def _train(student, teacher, tokenizer, train_set, top_k, quantizer, distill_args, training_args, checkpoint, log):
+    callbacks = time_budget(training_args) + method_callbacks(quantizer, distill_args, checkpoint, log)
     training_args.remove_unused_columns = False  # the collator reads example_id and teacher_labels
     trainer = DistillationTrainer(
         model=student, args=training_args, train_dataset=train_set,
         data_collator=DistillationCollator(tokenizer, student, top_k), processing_class=tokenizer,
-        callbacks=callbacks, teacher=teacher, alpha=alpha, temperature=distill_args.temperature, quantizer=quantizer,
+        callbacks=callbacks, teacher=teacher, alpha=distill_args.effective_alpha,
+        temperature=distill_args.temperature, quantizer=quantizer,
         sequence_kd=distill_args.sequence_kd if "teacher_labels" in train_set.column_names else 0.0,
         alternate_every=distill_args.alternate_every,
     )
@@ -515,34 +317,23 @@ def _finish(student, tokenizer, quantizer, teacher_size: SizeReport, test_set, d
     """Quantize for real, measure the size, save the student (weights = decoded codes) and score it."""
     student = student.module if hasattr(student, "module") else student
     enable_generation_cache(student)
-    if quantizer is not None:
-        codes = quantizer.quantize()
-        size, sparsity = quantizer.size(not_stored=not_stored(student)), quantizer.sparsity()
-        quantization = {"config": dataclasses.asdict(quantizer.config), **quantizer.state_dict()}
-        quantizer.remove()  # hooks and points go; the weights now hold Q(w)
-    else:
-        size, quantization, sparsity, codes = fp32_size(student), None, 0.0, None
+    finished = finish_quantization(student, quantizer)
     metrics: dict = {}
     if training_args.process_index == 0:
         output_dir = Path(training_args.output_dir)
         student.save_pretrained(output_dir)
         tokenizer.save_pretrained(output_dir)
-        if quantization is not None:
-            write_json_atomic(output_dir / "quantization.json", quantization)
-            save_codes(codes, output_dir / CODES_FILE)  # the exact integer codes behind the saved weights
+        if finished.quantization is not None:
+            write_json_atomic(output_dir / "quantization.json", finished.quantization)
+            save_codes(finished.codes, output_dir / CODES_FILE)  # the exact integer codes behind the saved weights
         metrics = score_test_split(student, tokenizer, test_set, data_args, training_args, log)
         metrics.update(teacher=distill_args.teacher, data=data_args.spec("train"), method=distill_args.method,
-                       bits=quantizer.config.bits if quantizer else 32,
-                       bytes=size.total_bytes, huffman_bytes=size.total_huffman_bytes if quantizer else None,
-                       teacher_fp32_bytes=teacher_size.total_bytes,
-                       ratio_vs_fp32_teacher=round(teacher_size.total_bits / size.total_bits, 2),
+                       **finished.metrics(teacher_size),
                        encoder_layers=student.config.encoder_layers, decoder_layers=student.config.decoder_layers,
                        sequence_kd=distill_args.sequence_kd, teacher_top_k=distill_args.teacher_top_k,
-                       alternate_every=distill_args.alternate_every,
-                       sparsity=round(sparsity, 4))
+                       alternate_every=distill_args.alternate_every)
         write_json_atomic(output_dir / "test" / "metrics.json", metrics)
-        log(f"size: {size.total_bytes:,} bytes ({metrics['ratio_vs_fp32_teacher']}x smaller than the fp32 teacher's "
-            f"{teacher_size.total_bytes:,})" + (f"; Huffman-coded {size.total_huffman_bytes:,}" if quantizer else ""))
+        log(finished.summary(teacher_size))
     training_args.distributed_state.wait_for_everyone()
     return metrics
 

@@ -31,6 +31,7 @@ import torch
 
 from .card import CardFacts, model_card
 from .io import atomic_path
+from .methods import not_stored
 from .quant import QuantizedTensor, huffman_decode, huffman_encode, pack_codes, size_report, unpack_codes
 from .quant.functional import check_points, max_code, num_buckets
 from .quant.size import stored_tensors
@@ -143,12 +144,6 @@ class ExportReport:
     notes: tuple[str, ...] = ()
 
 
-def _not_stored(model) -> set[str]:
-    from .distill import not_stored  # imported on use: nmtq.distill imports this module
-
-    return not_stored(model)
-
-
 def _read_json(path: Path, fix: str) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -254,7 +249,7 @@ def export_model(model_dir: str | os.PathLike, out_dir: str | os.PathLike, huffm
     _check_out_dir(out_dir)
     model, tokenizer, codes, quantization, metrics = _read_student(model_dir)
     weights = model.state_dict(keep_vars=True)
-    rest = stored_tensors(model, skip=[weights[n] for n in codes], not_stored=_not_stored(model))
+    rest = stored_tensors(model, skip=[weights[n] for n in codes], not_stored=not_stored(model))
     size = size_report(codes, rest)
     tensors, header = _export_tensors(codes, rest, huffman)
     storage = "huffman" if huffman else "packed"
@@ -469,7 +464,7 @@ def _load_weights(model, values: Mapping[str, torch.Tensor], path: Path) -> None
     params = model.state_dict(keep_vars=True)
     for name, tensor in params.items():
         groups.setdefault(id(tensor), []).append(name)
-    skipped, state, unused = _not_stored(model), {}, set(values)
+    skipped, state, unused = not_stored(model), {}, set(values)
     for names in groups.values():
         found = [n for n in names if n in values]
         if not found and not set(names) <= skipped:

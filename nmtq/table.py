@@ -143,7 +143,7 @@ def make_table(args: TableArguments) -> dict:
         except ImportError as err:
             raise ValueError("plot=true needs matplotlib: pip install 'nmtq[plot]', or pass --plot false") from err
     teacher_argv, teacher_dir, runs = plan(args)
-    from .distill import fp32_size
+    from .methods import fp32_size
     from .models import load_model
 
     out = Path(args.output_dir)

@@ -28,9 +28,10 @@ import torch
 from transformers import DataCollatorForSeq2Seq
 
 from nmtq.data import load_corpus
-from nmtq.distill import DistillationCollator, fp32_size
+from nmtq.distill import DistillationCollator
 from nmtq.evaluation import keep_short_pairs, translate
 from nmtq.losses import TopK, distillation_loss
+from nmtq.methods import fp32_size
 from nmtq.models import load_model
 from nmtq.quant import Quantizer
 from nmtq.student import make_student
