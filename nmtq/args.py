@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from transformers import HfArgumentParser, Seq2SeqTrainingArguments
+from transformers import HfArgumentParser, Seq2SeqTrainingArguments, TrainingArguments
 
 MODEL_TYPES = ("marian", "fsmt", "bart")
 
@@ -93,13 +93,11 @@ class ModelArguments:
 
 
 @dataclass
-class NmtTrainingArguments(Seq2SeqTrainingArguments):
-    """Hugging Face's Seq2SeqTrainingArguments plus a time budget and generation settings for the test set."""
+class CpuFriendlyTrainingArguments(TrainingArguments):
+    """Hugging Face's TrainingArguments plus a time budget; CPU-only machines and missing tensorboard handled."""
 
     max_train_minutes: float | None = field(
         default=None, metadata={"help": "Stop training after this many minutes (all processes stop together)."})
-    num_beams: int = field(default=4, metadata={"help": "Beam size for the test-set translation."})
-    max_new_tokens: int = field(default=128, metadata={"help": "Longest translation, in pieces."})
 
     def __post_init__(self) -> None:
         if self.report_to == "auto":
@@ -112,6 +110,14 @@ class NmtTrainingArguments(Seq2SeqTrainingArguments):
         super().__post_init__()
         if self.max_train_minutes is not None and self.max_train_minutes <= 0:
             raise ValueError(f"max_train_minutes={self.max_train_minutes}: pass a positive number of minutes")
+
+
+@dataclass
+class NmtTrainingArguments(CpuFriendlyTrainingArguments, Seq2SeqTrainingArguments):
+    """Seq2SeqTrainingArguments with a time budget, plus generation settings for the test set."""
+
+    num_beams: int = field(default=4, metadata={"help": "Beam size for the test-set translation."})
+    max_new_tokens: int = field(default=128, metadata={"help": "Longest translation, in pieces."})
 
 
 def tensorboard_available() -> bool:

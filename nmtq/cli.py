@@ -85,6 +85,12 @@ def _run_distill(args: argparse.Namespace) -> int:
     return _run_recipe(args, DISTILL_ARGUMENT_CLASSES, distill, "runs/student")
 
 
+def _run_distill_images(args: argparse.Namespace) -> int:
+    from .vision.train import IMAGE_ARGUMENT_CLASSES, distill_images
+
+    return _run_recipe(args, IMAGE_ARGUMENT_CLASSES, distill_images, "runs/images")
+
+
 def _run_table(args: argparse.Namespace) -> int:
     from .table import TableArguments, make_table
 
@@ -208,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_recipe_command(subparsers, "train", "Train a translation teacher from a recipe", _run_train)
     _add_recipe_command(subparsers, "distill", "Distil a teacher into a shallower, quantized student", _run_distill)
+    _add_recipe_command(subparsers, "distill-images", "Train, distil and quantize an image classifier (CIFAR "
+                                                      "ResNets; the same methods)", _run_distill_images)
     _add_recipe_command(subparsers, "table", "Train or reuse a teacher, distil students with every method and "
                                              "print one table of BLEU against bytes", _run_table)
     _add_evaluate(subparsers)

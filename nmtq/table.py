@@ -2,6 +2,7 @@
 
     nmtq table --config recipes/bible-de-en-quick.yaml          # the README's main command
     nmtq table --config recipes/bible-de-en-table.yaml          # the full 2/4/8-bit Transformer and LSTM table
+    nmtq table --config recipes/digits-table.yaml               # images: CIFAR ResNets on the embedded digits
 
 A table recipe names a teacher recipe (``nmtq train``) and one or more students (a ``nmtq distill`` recipe and
 fields that override it, one per student type), plus the bit widths and methods. For each student the runs are:
@@ -11,6 +12,10 @@ own directory under ``output_dir``; a finished run (its ``test/metrics.json`` ex
 interrupted one resumes from its last checkpoint, so the command can simply be started again. The table (BLEU,
 chrF, perplexity, bytes on disk, compression against the fp32 teacher, wall time) goes to stdout, ``table.md``
 and ``table.json``, and BLEU against bytes to ``bleu-vs-bytes.png``.
+
+With ``task: images`` every run is an ``nmtq distill-images`` call (the teacher one with ``--method fp``), the
+student key is its architecture and depth, and the table gives top-1 accuracy (plot: ``accuracy-vs-bytes.png``).
+``fp`` in ``methods`` adds the student trained on the labels alone, to show what distillation adds.
 """
 
 from __future__ import annotations
@@ -27,7 +32,24 @@ import torch
 
 from .io import atomic_path, write_json_atomic, write_text_atomic
 
-TABLE_METHODS = ("kd", "ptq", "qd", "dq")
+TABLE_METHODS = ("fp", "kd", "ptq", "qd", "dq")
+
+
+@dataclass(frozen=True)
+class Task:
+    """What differs between translation and image tables: the commands, the metrics and the model's shape."""
+
+    teacher_command: str
+    command: str
+    metrics: tuple[tuple[str, str, str], ...]  # (column, metrics key, format)
+    shape_column: str
+
+
+TASKS = {
+    "translation": Task("train", "distill", (("BLEU", "bleu", ".1f"), ("chrF", "chrf", ".1f"),
+                                             ("perplexity", "perplexity", ".2f")), "layers"),
+    "images": Task("distill-images", "distill-images", (("top-1 %", "accuracy", ".2f"),), "architecture"),
+}
 RUN_TIME = "table-run.json"  # the wall time of the call that finished a run, so a reused run keeps it
 
 
@@ -35,6 +57,7 @@ RUN_TIME = "table-run.json"  # the wall time of the call that finished a run, so
 class TableArguments:
     """What to train and compare; every field is also a command-line argument."""
 
+    task: str = field(default="translation", metadata={"help": f"One of {', '.join(TASKS)}."})
     teacher_recipe: str = field(
         default="recipes/bible-de-en-teacher.yaml",
         metadata={"help": "Recipe of `nmtq train` for the teacher; trained unless its output_dir already holds "
@@ -48,13 +71,16 @@ class TableArguments:
                           "output_dir are set for each run)."})
     student_args: str = field(default="", metadata={"help": "Fields overriding every student recipe."})
     bits: list[int] = field(default_factory=lambda: [4], metadata={"help": "Bit widths of ptq, qd and dq."})
-    methods: list[str] = field(default_factory=lambda: list(TABLE_METHODS),
+    methods: list[str] = field(default_factory=lambda: ["kd", "ptq", "qd", "dq"],
                                metadata={"help": f"Methods to run, among {', '.join(TABLE_METHODS)} (kd, the "
-                                                 "full-precision student, always runs: ptq and dq start from it)."})
+                                                 "full-precision student, always runs: ptq and dq start from it; "
+                                                 "fp: the student on the labels alone)."})
     output_dir: str = field(default="runs/table", metadata={"help": "Where every run and the table go."})
     plot: bool = field(default=True, metadata={"help": "Draw BLEU against bytes on disk (needs matplotlib)."})
 
     def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task={self.task!r}: pass one of {', '.join(TASKS)}")
         unknown = sorted(set(self.methods) - set(TABLE_METHODS))
         if unknown:
             raise ValueError(f"methods {unknown}: pass some of {', '.join(TABLE_METHODS)}")
@@ -77,31 +103,58 @@ class Run:
     output_dir: Path
 
 
+def _argument_classes(command: str) -> tuple[type, ...]:
+    if command == "train":
+        from .args import TRAIN_ARGUMENT_CLASSES
+
+        return TRAIN_ARGUMENT_CLASSES
+    if command == "distill":
+        from .distill import DISTILL_ARGUMENT_CLASSES
+
+        return DISTILL_ARGUMENT_CLASSES
+    from .vision.train import IMAGE_ARGUMENT_CLASSES
+
+    return IMAGE_ARGUMENT_CLASSES
+
+
+def _student_key(parsed: tuple, task: str) -> str:
+    """What tells two students of a table apart: the student type, or the image model's architecture and depth."""
+    if task == "translation":
+        return parsed[1].student_type
+    model = parsed[1]
+    return f"{model.architecture}-{model.depth}" + (f"x{model.widen_factor}" if model.widen_factor > 1 else "")
+
+
 def plan(args: TableArguments) -> tuple[list[str], Path, list[Run]]:
     """The teacher's argv and directory and the student runs; every recipe is parsed, so errors come first."""
-    from .args import TRAIN_ARGUMENT_CLASSES, parse_train_args
-    from .distill import DISTILL_ARGUMENT_CLASSES
+    from .args import parse_train_args
 
-    teacher_argv = ["train", "--config", args.teacher_recipe, *shlex.split(args.teacher_args)]
-    teacher_dir = Path(parse_train_args(teacher_argv[1:], TRAIN_ARGUMENT_CLASSES)[-1].output_dir)
-    runs, out = [], Path(args.output_dir)
+    task = TASKS[args.task]
+    teacher_argv = [task.teacher_command, "--config", args.teacher_recipe, *shlex.split(args.teacher_args)]
+    if args.task == "images":
+        teacher_argv += ["--method", "fp"]
+    teacher_dir = Path(parse_train_args(teacher_argv[1:], _argument_classes(task.teacher_command))[-1].output_dir)
+    runs, out, classes = [], Path(args.output_dir), _argument_classes(task.command)
     for student in args.students:
         recipe, *fields = shlex.split(student)
-        base = ["distill", "--config", recipe, *shlex.split(args.student_args), *fields, "--teacher", str(teacher_dir)]
-        student_type = parse_train_args(base[1:], DISTILL_ARGUMENT_CLASSES)[1].student_type
-        if any(r.student == student_type for r in runs):
-            raise ValueError(f"two students are of type {student_type!r}: give each type one entry")
-        kd_dir = out / student_type / "kd"
-        runs.append(Run(f"{student_type} KD fp32", student_type, "kd", 32, base, kd_dir))
+        base = [task.command, "--config", recipe, *shlex.split(args.student_args), *fields,
+                "--teacher", str(teacher_dir)]
+        key = _student_key(parse_train_args(base[1:], classes), args.task)
+        if any(r.student == key for r in runs):
+            raise ValueError(f"two students are {key!r}: give each one entry")
+        kd_dir = out / key / "kd"
+        if "fp" in args.methods:
+            runs.append(Run(f"{key} FP fp32", key, "fp", 32, list(base), out / key / "fp"))
+        runs.append(Run(f"{key} KD fp32", key, "kd", 32, list(base), kd_dir))
         for bits in args.bits:
             for method in ("ptq", "qd", "dq"):
                 if method in args.methods:
                     start = ["--student_name_or_path", str(kd_dir)] if method in ("ptq", "dq") else []
-                    runs.append(Run(f"{student_type} {method.upper()} {bits}-bit", student_type, method, bits,
-                                    [*base, *start, "--bits", str(bits)], out / student_type / f"{method}{bits}"))
+                    runs.append(Run(f"{key} {method.upper()} {bits}-bit", key, method, bits,
+                                    [*base, *start, "--bits", str(bits)], out / key / f"{method}{bits}"))
     for run in runs:
         run.argv += ["--method", run.method, "--output_dir", str(run.output_dir)]
-        parse_train_args(run.argv[1:], DISTILL_ARGUMENT_CLASSES)  # a bad field fails now, not an hour in
+        parse_train_args(run.argv[1:], classes)  # a bad field fails now, not an hour in
     return teacher_argv, teacher_dir, runs
 
 
@@ -152,73 +205,85 @@ def make_table(args: TableArguments) -> dict:
     def log(message: str) -> None:
         print(f"[nmtq table {time.monotonic() - started:6.0f} s] {message}", flush=True)
 
+    task = TASKS[args.task]
+    keys = [key for _, key, _ in task.metrics]
     log(f"1/{total}: teacher ({teacher_dir})")
     teacher, seconds = _call(teacher_argv, teacher_dir, "teacher", log)
-    model = load_model(teacher_dir)
-    teacher_row = {"name": "teacher fp32", "student": "teacher", "method": "teacher", "bits": 32,
-                   "encoder_layers": model.config.encoder_layers, "decoder_layers": model.config.decoder_layers,
-                   "bytes": fp32_size(model).total_bytes, "ratio_vs_fp32_teacher": 1.0, "seconds": seconds,
-                   **{k: teacher[k] for k in ("bleu", "chrf", "perplexity")}}
-    rows = [teacher_row]
+    if args.task == "translation":  # nmtq train's metrics carry no size: measure the saved teacher
+        model = load_model(teacher_dir)
+        teacher = {**teacher, "bytes": fp32_size(model).total_bytes, "encoder_layers": model.config.encoder_layers,
+                   "decoder_layers": model.config.decoder_layers}
+    rows = [{"name": "teacher fp32", "student": "teacher", "method": "teacher", "bits": 32, "shape": shape(teacher),
+             "bytes": teacher["bytes"], "ratio_vs_fp32_teacher": 1.0, "seconds": seconds,
+             **{k: teacher[k] for k in keys}}]
     for i, run in enumerate(runs, start=2):
         log(f"{i}/{total}: {run.name} ({run.output_dir})")
         metrics, seconds = _call(run.argv, run.output_dir, run.name, log)
         rows.append({"name": run.name, "student": run.student, "method": run.method, "bits": metrics["bits"],
-                     "seconds": seconds, **{k: metrics.get(k) for k in (
-                         "encoder_layers", "decoder_layers", "bleu", "chrf", "perplexity", "bytes", "huffman_bytes",
-                         "ratio_vs_fp32_teacher")}})
+                     "seconds": seconds, "shape": shape(metrics), **{k: metrics.get(k) for k in (
+                         *keys, "bytes", "huffman_bytes", "ratio_vs_fp32_teacher")}})
     wall = time.monotonic() - started
     result = {"arguments": dataclasses.asdict(args), "hardware": hardware(), "wall_seconds": round(wall, 1),
               "rows": rows}
-    markdown = format_table(result)
+    markdown = format_table(result, task)
     write_json_atomic(out / "table.json", result)
     write_text_atomic(out / "table.md", markdown + "\n")
     if args.plot:
-        plot(rows, out / "bleu-vs-bytes.png")
+        plot(rows, out / f"{task.metrics[0][1]}-vs-bytes.png", task)
     print(markdown, flush=True)
-    log(f"done: {out / 'table.md'}" + (f", {out / 'bleu-vs-bytes.png'}" if args.plot else ""))
+    log(f"done: {out / 'table.md'}" + (f", {out / f'{task.metrics[0][1]}-vs-bytes.png'}" if args.plot else ""))
     return result
 
 
-def format_table(result: dict) -> str:
+def shape(metrics: dict) -> str:
+    """The model's shape from its metrics: encoder+decoder layers, or architecture-depth (x widen factor)."""
+    if "encoder_layers" in metrics:
+        return f"{metrics['encoder_layers']}+{metrics['decoder_layers']}"
+    widen = metrics.get("widen_factor", 1)
+    return f"{metrics['architecture']}-{metrics['depth']}" + (f"x{widen}" if widen > 1 else "")
+
+
+def format_table(result: dict, task: Task = TASKS["translation"]) -> str:
     """The rows as a markdown table, then the hardware and the wall time."""
-    lines = ["| model | layers | bits | BLEU | chrF | perplexity | bytes | vs fp32 teacher | Huffman bytes | minutes |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    columns = ["model", task.shape_column, "bits", *(c for c, _, _ in task.metrics), "bytes", "vs fp32 teacher",
+               "Huffman bytes", "minutes"]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in result["rows"]:
         huffman = f"{r['huffman_bytes']:,}" if r.get("huffman_bytes") else "-"
         minutes = f"{r['seconds'] / 60:.1f}" if r.get("seconds") is not None else "-"
-        lines.append(f"| {r['name']} | {r['encoder_layers']}+{r['decoder_layers']} | {r['bits']} | {r['bleu']:.1f} "
-                     f"| {r['chrf']:.1f} | {r['perplexity']:.2f} | {r['bytes']:,} | {r['ratio_vs_fp32_teacher']:.1f}x "
-                     f"| {huffman} | {minutes} |")
+        scores = [format(r[key], spec) for _, key, spec in task.metrics]
+        lines.append("| " + " | ".join([r["name"], r["shape"], str(r["bits"]), *scores, f"{r['bytes']:,}",
+                                        f"{r['ratio_vs_fp32_teacher']:.1f}x", huffman, minutes]) + " |")
     lines += ["", f"{result['hardware']}; this command took {result['wall_seconds'] / 60:.1f} minutes (runs "
                   "finished by an earlier call are reused, with the minutes they took then)."]
     return "\n".join(lines)
 
 
-def plot(rows: list[dict], path: Path) -> None:
-    """BLEU against bytes on disk (log scale), one point per model, the teacher included."""
+def plot(rows: list[dict], path: Path, task: Task = TASKS["translation"]) -> None:
+    """The first metric (BLEU, accuracy) against bytes on disk (log scale), one point per model, teacher included."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    markers = {"teacher": "*", "kd": "o", "ptq": "s", "qd": "^", "dq": "D"}
+    column, key, _ = task.metrics[0]
+    markers = {"teacher": "*", "fp": "v", "kd": "o", "ptq": "s", "qd": "^", "dq": "D"}
     students = sorted({r["student"] for r in rows if r["student"] != "teacher"})
     colors = {"teacher": "black", **{s: f"C{i}" for i, s in enumerate(students)}}
     fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
     for r in rows:
         label = f"{r['student']} {r['method'].upper()}" if r["method"] != "teacher" else "teacher fp32"
-        ax.scatter(r["bytes"], r["bleu"], marker=markers[r["method"]], color=colors[r["student"]], s=80,
+        ax.scatter(r["bytes"], r[key], marker=markers[r["method"]], color=colors[r["student"]], s=80,
                    label=label)
-        ax.annotate(f"{r['bits']}b" if r["bits"] < 32 else "fp32", (r["bytes"], r["bleu"]),
+        ax.annotate(f"{r['bits']}b" if r["bits"] < 32 else "fp32", (r["bytes"], r[key]),
                     textcoords="offset points", xytext=(6, 4), fontsize=8)
     handles, labels = ax.get_legend_handles_labels()
     unique = dict(zip(labels, handles))
     ax.legend(unique.values(), unique.keys(), fontsize=8, loc="lower right")
     ax.set_xscale("log")
     ax.set_xlabel("bytes on disk (log scale)")
-    ax.set_ylabel("BLEU (sacreBLEU, test)")
-    ax.set_title("BLEU against size: teacher and distilled, quantized students")
+    ax.set_ylabel(f"{column} (test)")
+    ax.set_title(f"{column} against size: teacher and distilled, quantized students")
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     with atomic_path(path) as tmp:

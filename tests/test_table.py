@@ -59,3 +59,24 @@ def test_bad_table_arguments_fail_before_any_run(extra, message, recipes, tmp_pa
     assert main(["table", "--config", str(recipes), *extra]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "teacher").exists() and not (tmp_path / "table").exists()
+
+
+def test_an_image_table_with_the_fp_student(tmp_path, capsys):
+    common = ("data: synthetic:60\ndepth: 8\nbucket_size: 16\nper_device_train_batch_size: 16\nreport_to: none\n"
+              "disable_tqdm: true\nsave_strategy: 'no'\n")
+    teacher, student = tmp_path / "teacher.yaml", tmp_path / "student.yaml"
+    teacher.write_text(common + f"base_width: 8\nmax_steps: 6\noutput_dir: {tmp_path / 'teacher'}\n")
+    student.write_text(common + "base_width: 4\nmax_steps: 3\n")
+    table = tmp_path / "table.yaml"
+    table.write_text(f"task: images\nteacher_recipe: {teacher}\nstudents:\n  - {student}\nbits: [2]\n"
+                     f"methods: [fp, kd, ptq, qd, dq]\noutput_dir: {tmp_path / 'table'}\n")
+    assert main(["table", "--config", str(table)]) == 0
+    result = json.loads((tmp_path / "table" / "table.json").read_text())
+    assert [r["name"] for r in result["rows"]] == [
+        "teacher fp32", "resnet-8 FP fp32", "resnet-8 KD fp32", "resnet-8 PTQ 2-bit", "resnet-8 QD 2-bit",
+        "resnet-8 DQ 2-bit"]
+    rows = {r["name"]: r for r in result["rows"]}
+    assert rows["resnet-8 QD 2-bit"]["bytes"] < rows["resnet-8 KD fp32"]["bytes"] < rows["teacher fp32"]["bytes"]
+    assert all(0 <= r["accuracy"] <= 100 for r in result["rows"])
+    assert "| model | architecture | bits | top-1 % |" in capsys.readouterr().out
+    assert (tmp_path / "table" / "accuracy-vs-bytes.png").read_bytes()[:4] == b"\x89PNG"

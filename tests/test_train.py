@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import TINY, kill_after_checkpoint
 
 from nmtq.args import TRAIN_ARGUMENT_CLASSES, parse_train_args, read_recipe
@@ -28,6 +29,8 @@ def test_every_recipe_parses(recipe, tmp_path):
         assert table.output_dir.startswith("runs/") and plan(table)[2]  # every run's fields parse too
         return
     classes = DISTILL_ARGUMENT_CLASSES if "student" in recipe.name else TRAIN_ARGUMENT_CLASSES
+    if "architecture" in yaml.safe_load(recipe.read_text()):  # an `nmtq distill-images` recipe
+        from nmtq.vision.train import IMAGE_ARGUMENT_CLASSES as classes
     fields = read_recipe(recipe, classes)
     assert fields["data"] and fields["output_dir"].startswith("runs/")
     parsed = parse_train_args(["--config", str(recipe), "--output_dir", str(tmp_path), "--bf16", "false"], classes)

@@ -1,0 +1,1 @@
+"""Image classification: models, data and the distillation trainer."""

@@ -1,0 +1,250 @@
+"""Distil and quantize image classifiers with the translation trainer's methods, quantizer and loss.
+
+    nmtq distill-images --config recipes/digits-resnet-teacher.yaml                  # the teacher: method fp
+    nmtq distill-images --config recipes/digits-resnet-student.yaml --method qd --bits 2
+    accelerate launch --multi_gpu --num_processes 2 -m nmtq distill-images --config recipes/cifar10-resnet-student.yaml
+
+One command trains every model: ``--method fp`` without a teacher trains a teacher (or a student from the labels
+alone); ``kd``, ``ptq``, ``qd`` and ``dq`` (with pruning, bits by gradient and the alternation) are those of
+:mod:`nmtq.methods`, the very code ``nmtq distill`` runs. The model fields (architecture, depth, widen_factor,
+base_width) describe the model being trained: a CIFAR ResNet or Wide ResNet (:mod:`nmtq.vision.models`). The run
+directory gets the quantized model (``save_pretrained``: weights = decoded codes, loadable with
+``AutoModelForImageClassification`` once ``nmtq.vision`` is imported), its exact integer codes
+(``quantized.safetensors``), ``quantization.json`` and ``test/metrics.json`` (top-1 accuracy, bytes, ratio).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForImageClassification, Trainer
+
+from ..args import CpuFriendlyTrainingArguments
+from ..export import CODES_FILE, save_codes
+from ..io import write_json_atomic
+from ..losses import distillation_loss
+from ..methods import (
+    MethodArguments,
+    QuantizedTrainingMixin,
+    finish_quantization,
+    fp32_size,
+    method_callbacks,
+    prepare_quantizer,
+)
+from ..quant import QuantizerConfig
+from ..train import main_process_logger, resolve_checkpoint, time_budget
+from .data import ImageCollator, ImageData, ImageDataset, ImageSplit, load_image_data, parse_image_spec
+from .models import ARCHITECTURES, CifarResNetConfig, CifarResNetForImageClassification
+
+
+@dataclass
+class ImageDataArguments:
+    """Which images, how they are split and augmented."""
+
+    data: str = field(default="digits", metadata={"help": "Image data spec (see nmtq.vision.data): digits, "
+                                                          "mnist:DIR, cifar10, cifar100, hf:NAME_OR_DIR, synthetic:N."})
+    split_seed: int = field(default=0, metadata={"help": "Seed of the train/validation/test split (keep it fixed "
+                                                         "across teacher and students)."})
+    validation_fraction: float = field(default=0.1, metadata={"help": "Share of the training images held out."})
+    test_fraction: float = field(default=0.2, metadata={"help": "Share held out for test (data without a test "
+                                                                "split of its own)."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training images."})
+    augment: bool = field(default=False, metadata={"help": "Random crops (zero padding crop_padding) and flips of "
+                                                           "the training images (CIFAR's standard augmentation)."})
+    crop_padding: int = field(default=4, metadata={"help": "Padding of the random crops, in pixels."})
+    flip: bool = field(default=True, metadata={"help": "With augment: horizontal flips (off for digits)."})
+
+    def __post_init__(self) -> None:
+        parse_image_spec(self.data)  # a malformed spec fails here, before anything is written
+        if not 0 <= self.validation_fraction < 1 or not 0 <= self.test_fraction < 1:
+            raise ValueError(f"validation_fraction={self.validation_fraction}, test_fraction={self.test_fraction}: "
+                             "pass fractions in [0, 1)")
+        if self.crop_padding < 0:
+            raise ValueError(f"crop_padding={self.crop_padding}: pass 0 or more pixels")
+
+
+@dataclass
+class ImageModelArguments:
+    """The CIFAR ResNet being trained (ignored when it starts from --student_name_or_path)."""
+
+    architecture: str = field(default="resnet", metadata={"help": f"One of {', '.join(ARCHITECTURES)}."})
+    depth: int = field(default=20, metadata={"help": "Layers: 6n+2 for resnet (8, 14, 20, 32, 56, 110), 6n+4 for "
+                                                     "wide_resnet (10, 16, 22, 28, 40)."})
+    widen_factor: int = field(default=1, metadata={"help": "Width multiplier (Wide ResNet's k)."})
+    base_width: int = field(default=16, metadata={"help": "Channels of the first stage (resnet)."})
+    dropout: float = field(default=0.0, metadata={"help": "Dropout inside the wide_resnet blocks."})
+
+    def config(self, data: ImageData) -> CifarResNetConfig:
+        return CifarResNetConfig(architecture=self.architecture, depth=self.depth, widen_factor=self.widen_factor,
+                                 base_width=self.base_width, dropout=self.dropout, num_channels=data.num_channels,
+                                 num_labels=data.num_labels, image_mean=list(data.mean), image_std=list(data.std))
+
+    def __post_init__(self) -> None:
+        CifarResNetConfig(architecture=self.architecture, depth=self.depth, widen_factor=self.widen_factor,
+                          base_width=self.base_width, dropout=self.dropout)  # validates before anything is written
+
+
+@dataclass
+class ImageDistillArguments(MethodArguments):
+    """The teacher and the method (:class:`nmtq.methods.MethodArguments`)."""
+
+    teacher: str | None = field(
+        default=None, metadata={"help": "Directory of the full-precision teacher (needed by kd, qd and dq; "
+                                        "without one, method fp trains a teacher)."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.method in ("kd", "qd", "dq") and self.alpha > 0 and not self.teacher:
+            raise ValueError(f"method={self.method} distils from a teacher: pass --teacher DIR (trained with "
+                             "--method fp), or --alpha 0 to train on the labels alone")
+
+
+@dataclass
+class ImageTrainingArguments(CpuFriendlyTrainingArguments):
+    """Hugging Face's TrainingArguments with a time budget."""
+
+
+IMAGE_ARGUMENT_CLASSES = (ImageDataArguments, ImageModelArguments, ImageDistillArguments, QuantizerConfig,
+                          ImageTrainingArguments)
+
+
+class ImageDistillationTrainer(QuantizedTrainingMixin, Trainer):
+    """``Trainer`` whose loss is ``alpha T^2 KL(teacher || student) + (1 - alpha) CE`` per image.
+
+    The teacher is frozen and placed on the student's device; the quantizer and the alternation of ``dq`` come
+    from :class:`nmtq.methods.QuantizedTrainingMixin`, the loss from :func:`nmtq.losses.distillation_loss`.
+    """
+
+    loss_is_scaled_for_ga = True  # compute_loss divides by num_items_in_batch
+
+    def __init__(self, *args, teacher, alpha: float, temperature: float, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.teacher = None if teacher is None else teacher.requires_grad_(False).eval().to(self.args.device)
+        self.alpha, self.temperature = alpha, temperature
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels, pixel_values = inputs["labels"], inputs["pixel_values"]
+        outputs = model(pixel_values=pixel_values)
+        if self.alpha == 0:
+            teacher_logits = outputs.logits.detach()  # unused at alpha = 0
+        else:
+            with torch.no_grad():
+                teacher_logits = self.teacher(pixel_values=pixel_values).logits
+        loss = distillation_loss(outputs.logits, teacher_logits, labels, self.alpha, self.temperature,
+                                 num_items_in_batch=num_items_in_batch)
+        if num_items_in_batch is not None and self.args.average_tokens_across_devices:
+            loss = loss * self.accelerator.num_processes  # num_items_in_batch counts every process's images
+        self.check_finite(loss)
+        return (loss, outputs) if return_outputs else loss
+
+
+def load_classifier(path: str, what: str) -> CifarResNetForImageClassification:
+    """A trained classifier from a directory (safetensors only), with a clear error when it is not one."""
+    if not (Path(path) / "config.json").is_file():
+        raise ValueError(f"{what} {path!r} is not a model directory (no config.json): pass a directory written by "
+                         "nmtq distill-images")
+    return AutoModelForImageClassification.from_pretrained(path, use_safetensors=True)
+
+
+def check_compatible(model, data: ImageData, what: str) -> None:
+    """The model's classes and channels must be the data's."""
+    config = model.config
+    if config.num_labels != data.num_labels or getattr(config, "num_channels", data.num_channels) != data.num_channels:
+        raise ValueError(f"the {what} has {config.num_labels} classes and {config.num_channels} channels but the data "
+                         f"{data.spec!r} have {data.num_labels} and {data.num_channels}: train it on the same data")
+
+
+def accuracy_metric(prediction) -> dict:
+    """The Trainer's ``compute_metrics``: top-1 accuracy (%) of an ``EvalPrediction``."""
+    logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+    return {"accuracy": round(100.0 * float((logits.argmax(-1) == prediction.label_ids).mean()), 2)}
+
+
+@torch.no_grad()
+def evaluate_split(model, split: ImageSplit, batch_size: int = 256) -> dict:
+    """Top-1 accuracy (%) and mean cross-entropy of ``model`` on ``split``, in eval mode."""
+    model.eval()
+    device = next(model.parameters()).device
+    correct, loss = 0, 0.0
+    for start in range(0, len(split), batch_size):
+        x = split.pixel_values[start:start + batch_size].to(device)
+        y = split.labels[start:start + batch_size].to(device)
+        logits = model(pixel_values=x).logits
+        correct += int((logits.argmax(-1) == y).sum())
+        loss += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
+    return {"accuracy": round(100.0 * correct / len(split), 2), "loss": round(loss / len(split), 4),
+            "examples": len(split)}
+
+
+def distill_images(data_args: ImageDataArguments, model_args: ImageModelArguments, method_args: ImageDistillArguments,
+                   quant_config: QuantizerConfig, training_args: ImageTrainingArguments) -> dict:
+    """Train, distil and/or quantize an image classifier as ``method_args.method`` says; return its test metrics."""
+    if training_args.push_to_hub:
+        raise ValueError("nmtq distill-images does not push: the Trainer would upload fp32 checkpoints, not the "
+                         "quantized model; push the run directory with `nmtq push DIR --repo-id NAME`")
+    log = main_process_logger(training_args)
+    checkpoint = resolve_checkpoint(training_args)
+    teacher = load_classifier(method_args.teacher, "teacher") if method_args.teacher else None
+    student = load_classifier(method_args.student_name_or_path, "student") \
+        if method_args.student_name_or_path else None
+    data = load_image_data(data_args.data, seed=data_args.split_seed,
+                           validation_fraction=data_args.validation_fraction, test_fraction=data_args.test_fraction,
+                           max_train_samples=data_args.max_train_samples)
+    for model, what in ((teacher, "teacher"), (student, "student")):
+        if model is not None:
+            check_compatible(model, data, what)
+    if student is None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(training_args.seed)  # the same initial weights whatever ran before
+            student = CifarResNetForImageClassification(model_args.config(data))
+    log(f"{data.spec}: {len(data.train):,} train / {len(data.validation):,} validation / {len(data.test):,} test "
+        f"images, {data.num_labels} classes; {student.config.architecture}-{student.config.depth} "
+        f"x{student.config.widen_factor}, {sum(p.numel() for p in student.parameters()):,} parameters; "
+        f"method {method_args.method}")
+    train_set = ImageDataset(data.train)
+    collator = ImageCollator(augment=data_args.augment, crop_padding=data_args.crop_padding, flip=data_args.flip)
+
+    def gradient_batches() -> list[dict]:  # --mean_bits: four batches of 32 training images, not augmented
+        plain = ImageCollator()
+        return [plain([train_set[i] for i in range(j, min(j + 32, len(train_set)))])
+                for j in range(0, min(len(train_set), 128), 32)]
+
+    quantizer = prepare_quantizer(student, method_args, quant_config, log, gradient_batches, teacher)
+    if method_args.method != "ptq":
+        callbacks = time_budget(training_args) + method_callbacks(quantizer, method_args, checkpoint, log)
+        trainer = ImageDistillationTrainer(
+            model=student, args=training_args, train_dataset=train_set, data_collator=collator, callbacks=callbacks,
+            eval_dataset=ImageDataset(data.validation) if len(data.validation) else None,
+            compute_metrics=accuracy_metric,
+            teacher=teacher, alpha=method_args.effective_alpha, temperature=method_args.temperature,
+            quantizer=quantizer, alternate_every=method_args.alternate_every)
+        trainer.train(resume_from_checkpoint=checkpoint)
+        training_args.distributed_state.wait_for_everyone()
+    return _finish(student, quantizer, teacher, data, method_args, quant_config, training_args, log)
+
+
+def _finish(student, quantizer, teacher, data: ImageData, method_args: ImageDistillArguments,
+            quant_config: QuantizerConfig, training_args: ImageTrainingArguments, log) -> dict:
+    """Quantize for real, save the model (weights = decoded codes) and its codes, and score the test split."""
+    student = student.module if hasattr(student, "module") else student
+    finished = finish_quantization(student, quantizer)
+    teacher_size = fp32_size(teacher) if teacher is not None else fp32_size(student)
+    metrics: dict = {}
+    if training_args.process_index == 0:
+        output_dir = Path(training_args.output_dir)
+        student.save_pretrained(output_dir)
+        if finished.quantization is not None:
+            write_json_atomic(output_dir / "quantization.json", finished.quantization)
+            save_codes(finished.codes, output_dir / CODES_FILE)  # the exact integer codes behind the saved weights
+        config = student.config
+        metrics = {**evaluate_split(student, data.test), "data": data.spec, "method": method_args.method,
+                   "teacher": method_args.teacher, **finished.metrics(teacher_size),
+                   "architecture": config.architecture, "depth": config.depth, "widen_factor": config.widen_factor,
+                   "parameters": sum(p.numel() for p in student.parameters())}
+        write_json_atomic(output_dir / "test" / "metrics.json", metrics)
+        log(f"test accuracy {metrics['accuracy']:.2f}% on {metrics['examples']:,} images; "
+            + finished.summary(teacher_size))
+    training_args.distributed_state.wait_for_everyone()
+    return metrics
