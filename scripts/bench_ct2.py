@@ -2,19 +2,30 @@
 
     .venv/bin/python scripts/bench_ct2.py                 # the Bible de-en test set (verses of at most 30 pieces)
     .venv/bin/python scripts/bench_ct2.py --quick         # 16 sentences, to check that it runs
+    .venv/bin/python scripts/bench_ct2.py --student runs/students/qd4 \\
+        --student-absmax runs/students/absmax8 --markdown benchmarks/ct2-speed.md   # and the absmax student
 
 Rows: the teacher and the student in transformers (fp32 ``generate``), the student and the teacher converted to
 CTranslate2 int8 (8-bit absmax per output row), and the student in CTranslate2 float32, which separates what the
-engine's beam search changes from what int8 costs. Same sentences, beam, batch and threads for all; speed counts
-the target pieces of the hypotheses (``</s>`` included) per second of decoding, after one warm-up batch, as
-``nmtq evaluate`` does. The issue's targets: the int8 student at least 5x the fp32 teacher's tokens/s, and at
-most 0.3 BLEU below the same student in transformers.
+engine's beam search changes from what int8 costs. ``--student`` is any student folder (an ``nmtq distill``
+output_dir, full precision or quantized, or an ``nmtq export`` folder). ``--student-absmax`` adds a student
+distilled with CTranslate2's own scheme (``nmtq distill --bits 8 --bucket_size row --scaling absmax``) in
+transformers and in CTranslate2 int8, and the BLEU its conversion loses.
+
+Same sentences, beam, batch and threads for all; speed counts the target pieces of the hypotheses (``</s>``
+included) per second of decoding, after one warm-up batch, as ``nmtq evaluate`` does. The whole set is decoded
+``--repeats`` times: the table gives the median tokens/s and the range; BLEU and chrF are those of the first pass
+(decoding is deterministic: the repeats must give the same hypotheses, or the script stops). The issue's targets:
+the int8 student at least 5x the fp32 teacher's tokens/s, and at most 0.3 BLEU below the same student in
+transformers (for the absmax student too). ``--markdown PATH`` also writes the table there and the numbers as JSON
+beside it.
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -25,34 +36,88 @@ import torch
 from nmtq.ct2 import Ct2Translator, convert_to_ctranslate2
 from nmtq.data import load_corpus
 from nmtq.evaluation import corpus_scores, keep_short_pairs, translate
+from nmtq.export import EXPORT_CONFIG, load_exported
+from nmtq.io import write_json_atomic, write_text_atomic
 from nmtq.models import load_model
 from nmtq.tokenizer import load_tokenizer
 
+TARGET_BLEU_LOSS = 0.3
+ABSMAX = "student (8-bit absmax per row)"
+
 
 def measure(decode: Callable[[list[str]], list[str]], tokenizer, sources: list[str], references: list[str],
-            batch_size: int) -> dict[str, float]:
+            batch_size: int, repeats: int = 1) -> dict:
+    """Decode ``sources`` ``repeats`` times after a warm-up batch: median speed and its range, scores of the first."""
     decode(sources[:batch_size])  # warm-up: thread pools, allocator, caches
-    start = time.perf_counter()
-    hypotheses = decode(sources)
-    seconds = time.perf_counter() - start
+    seconds, hypotheses = [], None
+    for repeat in range(repeats):
+        start = time.perf_counter()
+        output = decode(sources)
+        seconds.append(time.perf_counter() - start)
+        if hypotheses is None:
+            hypotheses = output
+        elif output != hypotheses:
+            changed = sum(a != b for a, b in zip(output, hypotheses))
+            raise RuntimeError(f"repeat {repeat + 1} changed {changed} of {len(sources)} hypotheses: decoding is not "
+                               "deterministic, so one BLEU does not describe the repeats")
     tokens = sum(len(ids) for ids in tokenizer(text_target=hypotheses)["input_ids"])
     scores = corpus_scores(hypotheses, references)
-    return {"tokens_per_second": tokens / seconds, "sentences_per_second": len(sources) / seconds,
-            "bleu": scores["bleu"], "chrf": scores["chrf"]}
+    speeds = [tokens / s for s in seconds]
+    return {"tokens_per_second": statistics.median(speeds), "tokens_per_second_min": min(speeds),
+            "tokens_per_second_max": max(speeds), "sentences_per_second": len(sources) / statistics.median(seconds),
+            "seconds": seconds, "target_tokens": tokens, "bleu": scores["bleu"], "chrf": scores["chrf"],
+            "hypotheses": hypotheses}
 
 
-def main() -> None:
+def load_any(model_dir: str | Path):
+    """``(model, tokenizer)`` of a model folder or of an ``nmtq export`` folder."""
+    if (Path(model_dir) / EXPORT_CONFIG).is_file():
+        return load_exported(model_dir)
+    return load_model(model_dir).eval(), load_tokenizer(model_dir)
+
+
+def markdown(rows: dict[str, dict], header: str, repeats: int) -> str:
+    base = rows["teacher, transformers fp32"]["tokens_per_second"]
+    lines = [header, "", f"| model, engine | target tokens/s (median of {repeats}) | min-max | sentences/s | BLEU | "
+             "chrF | speed vs fp32 teacher |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, row in rows.items():
+        lines.append(f"| {name} | {row['tokens_per_second']:.0f} | {row['tokens_per_second_min']:.0f}-"
+                     f"{row['tokens_per_second_max']:.0f} | {row['sentences_per_second']:.1f} | {row['bleu']:.1f} | "
+                     f"{row['chrf']:.1f} | {row['tokens_per_second'] / base:.1f}x |")
+    lines.append("")
+    for label, (fp32, int8) in bleu_pairs(rows).items():
+        lost = rows[fp32]["bleu"] - rows[int8]["bleu"]
+        lines.append(f"BLEU lost to CTranslate2 int8 by the {label}: {lost:.2f} (target: at most {TARGET_BLEU_LOSS})")
+    return "\n".join(lines) + "\n"
+
+
+def bleu_pairs(rows: dict[str, dict]) -> dict[str, tuple[str, str]]:
+    """Each student's transformers row and its CTranslate2 int8 row."""
+    pairs = {"student": ("student, transformers fp32", "student, CTranslate2 int8")}
+    if f"{ABSMAX}, transformers fp32" in rows:
+        pairs["student distilled with 8-bit absmax per row"] = (f"{ABSMAX}, transformers fp32",
+                                                                f"{ABSMAX}, CTranslate2 int8")
+    return pairs
+
+
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", default="runs/bible-de-en-teacher")
-    parser.add_argument("--student", default="runs/table/transformer/kd")
+    parser.add_argument("--student", default="runs/table/transformer/kd", help="any student folder")
+    parser.add_argument("--student-absmax", help="a student distilled with 8-bit absmax per row (CTranslate2's int8 "
+                                                 "scheme): two more rows and its BLEU lost to the conversion")
     parser.add_argument("--data", default="bible:de-en")
     parser.add_argument("--max-length", type=int, default=30, help="keep pairs of at most this many pieces a side")
     parser.add_argument("--num-beams", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--repeats", type=int, default=3, help="decode the whole set this many times (median speed)")
     parser.add_argument("--quick", action="store_true", help="16 sentences: a smoke run")
-    args = parser.parse_args()
+    parser.add_argument("--markdown", type=Path, help="also write the table here (and the JSON beside it)")
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats {args.repeats}: decode at least once")
     torch.set_num_threads(args.threads)
 
     tokenizer = load_tokenizer(args.student)
@@ -64,36 +129,50 @@ def main() -> None:
     decoding = dict(num_beams=args.num_beams, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
 
     def transformers_row(model_dir: str):
-        model, tok = load_model(model_dir), load_tokenizer(model_dir)
+        model, tok = load_any(model_dir)
         return measure(lambda s: translate(model, tok, s, progress=False, **decoding), tok, sources, references,
-                       args.batch_size)
+                       args.batch_size, args.repeats)
 
     def ct2_row(ct2_dir: Path, compute_type: str):
         translator = Ct2Translator(ct2_dir, compute_type, intra_threads=args.threads)
         return measure(lambda s: translator.translate(s, **decoding), translator.tokenizer, sources, references,
-                       args.batch_size)
+                       args.batch_size, args.repeats)
 
     rows = {}
     with tempfile.TemporaryDirectory(prefix="bench-ct2-") as tmp:
-        student_ct2 = convert_to_ctranslate2(args.student, Path(tmp) / "student", "int8")
-        teacher_ct2 = convert_to_ctranslate2(args.teacher, Path(tmp) / "teacher", "int8")
-        student_float32 = convert_to_ctranslate2(args.student, Path(tmp) / "student-float32", "float32")
+        try:  # every conversion first: a model CTranslate2 cannot run stops the script before any timing
+            student_ct2 = convert_to_ctranslate2(args.student, Path(tmp) / "student", "int8")
+            teacher_ct2 = convert_to_ctranslate2(args.teacher, Path(tmp) / "teacher", "int8")
+            student_float32 = convert_to_ctranslate2(args.student, Path(tmp) / "student-float32", "float32")
+            absmax_ct2 = (convert_to_ctranslate2(args.student_absmax, Path(tmp) / "absmax", "int8")
+                          if args.student_absmax else None)
+        except ValueError as err:
+            parser.error(str(err))
         rows["teacher, transformers fp32"] = transformers_row(args.teacher)
         rows["student, transformers fp32"] = transformers_row(args.student)
         rows["student, CTranslate2 int8"] = ct2_row(student_ct2, "int8")
         rows["student, CTranslate2 float32"] = ct2_row(student_float32, "float32")
         rows["teacher, CTranslate2 int8"] = ct2_row(teacher_ct2, "int8")
+        if absmax_ct2 is not None:
+            rows[f"{ABSMAX}, transformers fp32"] = transformers_row(args.student_absmax)
+            rows[f"{ABSMAX}, CTranslate2 int8"] = ct2_row(absmax_ct2, "int8")
 
-    base = rows["teacher, transformers fp32"]["tokens_per_second"]
-    print(f"{len(sources)} sentences of {args.data} (test, at most {args.max_length} pieces), beam {args.num_beams}, "
-          f"batch {args.batch_size}, {args.threads} threads, {platform.machine()} CPU, torch {torch.__version__}\n")
-    print("| model, engine | target tokens/s | sentences/s | BLEU | chrF | speed vs fp32 teacher |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for name, row in rows.items():
-        print(f"| {name} | {row['tokens_per_second']:.0f} | {row['sentences_per_second']:.1f} | {row['bleu']:.1f} "
-              f"| {row['chrf']:.1f} | {row['tokens_per_second'] / base:.1f}x |")
-    int8_cost = rows["student, transformers fp32"]["bleu"] - rows["student, CTranslate2 int8"]["bleu"]
-    print(f"\nBLEU lost by the student's int8 export: {int8_cost:.2f} (target: at most 0.3)")
+    header = (f"{len(sources)} sentences of {args.data} (test, at most {args.max_length} pieces), beam "
+              f"{args.num_beams}, batch {args.batch_size}, {args.threads} threads, {args.repeats} repeats, "
+              f"{platform.machine()} CPU, torch {torch.__version__}")
+    table = markdown(rows, header, args.repeats)
+    print(table, end="")
+    bleu_lost = {label: rows[fp32]["bleu"] - rows[int8]["bleu"] for label, (fp32, int8) in bleu_pairs(rows).items()}
+    payload = {"setup": {"teacher": args.teacher, "student": args.student, "student_absmax": args.student_absmax,
+                         "data": args.data, "sentences": len(sources), "max_length": args.max_length,
+                         "num_beams": args.num_beams, "batch_size": args.batch_size, "threads": args.threads,
+                         "repeats": args.repeats, "machine": platform.machine(), "torch": torch.__version__},
+               "rows": {name: {k: v for k, v in row.items() if k != "hypotheses"} for name, row in rows.items()},
+               "bleu_lost_to_int8": bleu_lost, "target_bleu_loss": TARGET_BLEU_LOSS}
+    if args.markdown:
+        write_text_atomic(args.markdown, table)
+        write_json_atomic(args.markdown.with_suffix(".json"), payload)
+    return {**payload, "hypotheses": {name: row["hypotheses"] for name, row in rows.items()}}
 
 
 if __name__ == "__main__":

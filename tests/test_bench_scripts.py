@@ -1,0 +1,194 @@
+"""scripts/bench_export.py and scripts/bench_ct2.py on tiny models: their numbers against independent measures."""
+
+import importlib.util
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ENGLISH, GERMAN, TINY
+from test_distill import distill_argv
+
+from nmtq.cli import main as nmtq
+from nmtq.distill import fp32_size
+from nmtq.evaluation import corpus_scores, translate
+from nmtq.export import load_codes
+from nmtq.models import load_model
+from nmtq.tokenizer import load_tokenizer
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+
+
+def script(name: str):
+    """A script of scripts/ (not a package) as a module."""
+    spec = importlib.util.spec_from_file_location(f"scripts_{name}", SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+bench_export, bench_ct2 = script("bench_export"), script("bench_ct2")
+
+# a wide student (about 1.8M weights, so the safetensors header is small beside the codes: the 2% target holds), a
+# pruned one (mask bitmaps), and one with CTranslate2's own int8 scheme
+STUDENTS = {
+    "wide": ["--method", "qd", "--bits", "3", "--student_d_model", "256", "--student_ffn_dim", "1024",
+             "--student_decoder_layers", "1", "--bucket_size", "256", "--max_steps", "1"],
+    "pruned": ["--method", "qd", "--sparsity", "0.5", "--prune_every", "1", "--prune_end_step", "1",
+               "--max_steps", "2"],
+    "absmax": ["--method", "qd", "--bits", "8", "--bucket_size", "row", "--scaling", "absmax", "--max_steps", "2"],
+}
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("teacher")
+    assert nmtq(["train", "--data", f"tsv:{corpus}", "--output_dir", str(out), *TINY, "--decoder_layers", "2",
+                 "--max_steps", "4", "--save_strategy", "no"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def distilled(corpus, teacher_dir, tmp_path_factory):
+    """``distilled(kind)``: the output_dir of `nmtq distill` for one of STUDENTS, distilled once per module."""
+    done = {}
+
+    def get(kind: str) -> Path:
+        if kind not in done:
+            out = tmp_path_factory.mktemp("runs") / kind
+            assert nmtq(distill_argv(corpus, teacher_dir, out, *STUDENTS[kind], "--save_strategy", "no")) == 0
+            done[kind] = out
+        return done[kind]
+
+    return get
+
+
+def entropy_of_codes(codes) -> tuple[float, int]:
+    """Sum over tensors of kept * H(histogram of the kept codes), in bits, and the number of kept codes."""
+    total, coded = 0.0, 0
+    for q in codes.values():
+        kept = q.codes if q.mask is None else q.codes[q.mask.reshape(-1)]
+        p = torch.bincount(kept.long()).double()
+        p = p[p > 0] / kept.numel()
+        total += kept.numel() * float(-(p * p.log2()).sum())
+        coded += kept.numel()
+    return total, coded
+
+
+def stream_bytes(path: Path) -> tuple[int, int]:
+    """Bytes of the Huffman streams in an export's model.safetensors, and how many streams."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        streams = [f.get_tensor(k).numel() for k in f.keys() if k.endswith(".huffman_stream")]
+    return sum(streams), len(streams)
+
+
+def test_export_sizes_match_the_files_and_the_entropy_bound(distilled, teacher_dir, tmp_path, capsys):
+    runs, out, md = [distilled("wide"), distilled("pruned")], tmp_path / "exports", tmp_path / "sizes.md"
+    capsys.readouterr()  # what distilling printed
+    payload = bench_export.main([*map(str, runs), "--teacher", str(teacher_dir), "--out", str(out),
+                                 "--markdown", str(md)])
+    table = capsys.readouterr().out
+    assert table == md.read_text() and json.loads(md.with_suffix(".json").read_text()) == payload
+    teacher = payload["teacher"]["packed"]
+    teacher_bytes = os.path.getsize(teacher_dir / "model.safetensors")
+    assert teacher["file_bytes"] == teacher_bytes
+    assert teacher["accounted_bytes"] == fp32_size(load_model(teacher_dir)).total_bytes
+    assert teacher["diff"] == pytest.approx(teacher_bytes / teacher["accounted_bytes"] - 1)
+    assert "| teacher (fp32) | fp32 | 32 | " in table
+    for run, row in zip(runs, payload["students"]):
+        metrics = json.loads((run / "test" / "metrics.json").read_text())
+        assert row["name"] == run.name and row["method"] == "qd" and row["bleu"] == metrics["bleu"]
+        assert row["bits"] == str(metrics["bits"])
+        for storage, accounted in (("packed", metrics["bytes"]), ("huffman", metrics["huffman_bytes"])):
+            export, got = out / f"{run.name}-{storage}", row[storage]
+            on_disk = os.path.getsize(export / "model.safetensors")
+            assert got["dir"] == str(export) and got["accounted_bytes"] == accounted and got["file_bytes"] == on_disk
+            assert got["diff"] == pytest.approx(on_disk / accounted - 1)
+            assert got["folder_bytes"] == sum(os.path.getsize(Path(d) / f) for d, _, fs in os.walk(export) for f in fs)
+            assert got["vs_fp32_teacher"] == pytest.approx(teacher_bytes / on_disk)
+            assert got["within_target"] == (abs(on_disk / accounted - 1) <= 0.02)
+            if run.name == "wide":  # the issue's target, where the header is small beside the weights
+                assert 0 < got["diff"] < 0.02
+        entropy, coded = entropy_of_codes(load_codes(run / "quantized.safetensors"))
+        check = row["huffman"]["entropy"]
+        assert check["entropy_bits"] == pytest.approx(entropy) and check["coded_weights"] == coded
+        streams, n = stream_bytes(out / f"{run.name}-huffman" / "model.safetensors")
+        assert check["stream_bytes"] == streams and 8 * streams - 7 * n <= check["codeword_bits"] <= 8 * streams
+        assert check["within_bound"] and entropy <= check["codeword_bits"] <= entropy + coded
+        assert (check["left_out_bytes"]["mask_bitmaps"] > 0) == (run.name == "pruned")
+        line = next(x for x in table.splitlines() if x.startswith(f"| {run.name} |"))
+        assert f"| {row['packed']['file_bytes']:,} |" in line and f"| {row['huffman']['file_bytes']:,} |" in line
+        assert f"{check['bits_per_weight']:.3f} ({check['entropy_per_weight']:.3f}) | yes |" in line
+
+
+def test_runs_without_codes_are_refused_before_anything_is_exported(distilled, teacher_dir, tmp_path, capsys):
+    good, out = distilled("pruned"), tmp_path / "exports"
+    old = shutil.copytree(good, tmp_path / "old")
+    (old / "quantized.safetensors").unlink()  # a quantized run from before the codes were saved
+    fp = shutil.copytree(old, tmp_path / "fp")
+    (fp / "quantization.json").unlink()  # a full-precision student
+    for run, message in ((old, "predates the exact codes"), (fp, "is not a quantized student")):
+        with pytest.raises(SystemExit) as exit_:
+            bench_export.main([str(good), str(run), "--teacher", str(teacher_dir), "--out", str(out)])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and message in err and "re-run `nmtq distill`" in err
+        assert not out.exists()  # the good run, first, was not exported either
+    with pytest.raises(ValueError, match="has no model.safetensors"):
+        bench_export.check_runs(tmp_path, [good])
+
+
+def test_export_names_tell_runs_apart(tmp_path):
+    runs = [tmp_path / "transformer" / "qd", tmp_path / "lstm" / "qd", tmp_path / "lstm" / "kd"]
+    assert bench_export.export_names(runs) == ["transformer-qd", "lstm-qd", "lstm-kd"]
+    assert bench_export.export_names(runs[1:]) == ["qd", "kd"]
+    with pytest.raises(ValueError, match="twice"):
+        bench_export.export_names([runs[0], runs[0]])
+
+
+def test_repeats_must_give_the_same_hypotheses():
+    outputs = iter([["warm-up"], ["a", "b"], ["a", "c"]])
+    with pytest.raises(RuntimeError, match="repeat 2 changed 1 of 2 hypotheses"):
+        bench_ct2.measure(lambda sources: next(outputs), None, ["x", "y"], ["a", "b"], batch_size=1, repeats=2)
+
+
+def test_ct2_bench_repeats_and_the_absmax_student(distilled, teacher_dir, corpus, tmp_path, capsys):
+    pytest.importorskip("ctranslate2")
+    student = tmp_path / "student-export"  # any student folder: here an `nmtq export` of the pruned student
+    assert nmtq(["export", str(distilled("pruned")), str(student)]) == 0
+    md = tmp_path / "speed.md"
+    distilled("absmax")
+    capsys.readouterr()  # what distilling printed
+    result = bench_ct2.main(["--teacher", str(teacher_dir), "--student", str(student), "--student-absmax",
+                             str(distilled("absmax")), "--data", f"tsv:{corpus}", "--quick", "--repeats", "2",
+                             "--threads", "1", "--num-beams", "2", "--max-new-tokens", "8", "--batch-size", "4",
+                             "--markdown", str(md)])
+    table = capsys.readouterr().out
+    absmax = bench_ct2.ABSMAX
+    names = ["teacher, transformers fp32", "student, transformers fp32", "student, CTranslate2 int8",
+             "student, CTranslate2 float32", "teacher, CTranslate2 int8", f"{absmax}, transformers fp32",
+             f"{absmax}, CTranslate2 int8"]
+    rows = result["rows"]
+    assert list(rows) == names and table == md.read_text()
+    assert json.loads(md.with_suffix(".json").read_text()) == {k: v for k, v in result.items() if k != "hypotheses"}
+    assert all(f"| {name} |" in table for name in names)
+    for name, row in rows.items():
+        assert len(row["seconds"]) == 2
+        assert row["tokens_per_second_min"] <= row["tokens_per_second"] <= row["tokens_per_second_max"]
+        assert row["tokens_per_second_min"] == pytest.approx(row["target_tokens"] / max(row["seconds"]))
+        assert row["bleu"] == pytest.approx(corpus_scores(result["hypotheses"][name], ENGLISH)["bleu"])
+    # the transformers rows decode what the students decode on their own (the export is the pruned student)
+    for name, model_dir in (("student, transformers fp32", distilled("pruned")),
+                            (f"{absmax}, transformers fp32", distilled("absmax"))):
+        expected = translate(load_model(model_dir).eval(), load_tokenizer(model_dir), GERMAN, num_beams=2,
+                             max_new_tokens=8, batch_size=4, progress=False)
+        assert result["hypotheses"][name] == expected
+    lost = rows[f"{absmax}, transformers fp32"]["bleu"] - rows[f"{absmax}, CTranslate2 int8"]["bleu"]
+    label = "student distilled with 8-bit absmax per row"
+    assert result["bleu_lost_to_int8"][label] == pytest.approx(lost)
+    assert f"BLEU lost to CTranslate2 int8 by the {label}: {lost:.2f} (target: at most 0.3)" in table
+    assert "BLEU lost to CTranslate2 int8 by the student: " in table and "median of 2" in table
+    assert result["setup"]["repeats"] == 2 and result["setup"]["sentences"] == len(GERMAN)
