@@ -62,3 +62,32 @@ def kill_after_checkpoint(argv: list[str], out: Path, step: int, timeout: float 
         os.killpg(proc.pid, signal.SIGKILL)  # as a crash or a pre-empted job would: no chance to clean up
         proc.wait()
     return max(complete_checkpoints(out))
+
+
+def distilled_once(corpus, teacher_dir, tmp_path_factory, students: dict[str, list[str]]):
+    """``get(kind)``: the output_dir of `nmtq distill` for ``students[kind]``, distilled once per module."""
+    from test_distill import distill_argv
+
+    from nmtq.cli import main
+
+    done: dict[str, Path] = {}
+
+    def get(kind: str) -> Path:
+        if kind not in done:
+            out = tmp_path_factory.mktemp("runs") / kind
+            assert main(distill_argv(corpus, teacher_dir, out, *students[kind], "--save_strategy", "no")) == 0
+            done[kind] = out
+        return done[kind]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def small_teacher(corpus, tmp_path_factory):
+    """A 1+2-layer teacher trained for 4 steps: for tests that need its shapes and files, not its quality."""
+    from nmtq.cli import main
+
+    out = tmp_path_factory.mktemp("teacher")
+    assert main(["train", "--data", f"tsv:{corpus}", "--output_dir", str(out), *TINY, "--decoder_layers", "2",
+                 "--max_steps", "4", "--save_strategy", "no"]) == 0
+    return out

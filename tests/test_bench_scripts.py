@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ENGLISH, GERMAN, TINY
-from test_distill import distill_argv
+from conftest import ENGLISH, GERMAN, distilled_once
 
 from nmtq.cli import main as nmtq
-from nmtq.distill import fp32_size
 from nmtq.evaluation import corpus_scores, translate
 from nmtq.export import load_codes
+from nmtq.methods import fp32_size
 from nmtq.models import load_model
 from nmtq.tokenizer import load_tokenizer
 
@@ -43,26 +42,14 @@ STUDENTS = {
 
 
 @pytest.fixture(scope="module")
-def teacher_dir(corpus, tmp_path_factory):
-    out = tmp_path_factory.mktemp("teacher")
-    assert nmtq(["train", "--data", f"tsv:{corpus}", "--output_dir", str(out), *TINY, "--decoder_layers", "2",
-                 "--max_steps", "4", "--save_strategy", "no"]) == 0
-    return out
+def teacher_dir(small_teacher):
+    return small_teacher
 
 
 @pytest.fixture(scope="module")
 def distilled(corpus, teacher_dir, tmp_path_factory):
     """``distilled(kind)``: the output_dir of `nmtq distill` for one of STUDENTS, distilled once per module."""
-    done = {}
-
-    def get(kind: str) -> Path:
-        if kind not in done:
-            out = tmp_path_factory.mktemp("runs") / kind
-            assert nmtq(distill_argv(corpus, teacher_dir, out, *STUDENTS[kind], "--save_strategy", "no")) == 0
-            done[kind] = out
-        return done[kind]
-
-    return get
+    return distilled_once(corpus, teacher_dir, tmp_path_factory, STUDENTS)
 
 
 def entropy_of_codes(codes) -> tuple[float, int]:

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from conftest import ENGLISH, GERMAN, TINY
+from conftest import ENGLISH, GERMAN, distilled_once
 from test_distill import distill_argv
 
 from nmtq.cli import main
@@ -62,26 +62,14 @@ STUDENTS = {  # quantized distillation; learned points (dq); quantized distillat
 
 
 @pytest.fixture(scope="module")
-def teacher_dir(corpus, tmp_path_factory):
-    out = tmp_path_factory.mktemp("teacher")
-    assert main(["train", "--data", f"tsv:{corpus}", "--output_dir", str(out), *TINY, "--decoder_layers", "2",
-                 "--max_steps", "4", "--save_strategy", "no"]) == 0
-    return out
+def teacher_dir(small_teacher):
+    return small_teacher
 
 
 @pytest.fixture(scope="module")
 def distilled(corpus, teacher_dir, tmp_path_factory):
     """``distilled(kind)``: the output_dir of `nmtq distill` for one of STUDENTS, distilled once per module."""
-    done = {}
-
-    def get(kind: str):
-        if kind not in done:
-            out = tmp_path_factory.mktemp(kind)
-            assert main(distill_argv(corpus, teacher_dir, out, *STUDENTS[kind], "--save_strategy", "no")) == 0
-            done[kind] = out
-        return done[kind]
-
-    return get
+    return distilled_once(corpus, teacher_dir, tmp_path_factory, STUDENTS)
 
 
 @pytest.fixture(params=list(STUDENTS))
