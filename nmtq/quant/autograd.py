@@ -52,6 +52,20 @@ def fake_quantize(w: torch.Tensor, bits: int, bucket_size: BucketSize = 256, sca
     return _StraightThrough.apply(w, quantized)
 
 
+def fake_quantize_activations(x: torch.Tensor, bits: int = 8) -> torch.Tensor:
+    """Each row (vector along the last dimension) of ``x`` onto signed absmax levels; identity backward.
+
+    This is what int8 inference engines (CTranslate2, oneDNN, FBGEMM) do to the input of an int8 matrix product
+    at run time, so a model trained through it sees the engine's rounding.
+
+    Example:
+        >>> fake_quantize_activations(torch.tensor([[1.0, 0.3, -0.6]]), bits=2).tolist()
+        [[1.0, 0.0, -1.0]]
+    """
+    flat = x.reshape(-1, x.shape[-1])
+    return fake_quantize(flat, bits, "row", "absmax").reshape(x.shape)
+
+
 class _PointQuantize(torch.autograd.Function):
     @staticmethod
     def forward(ctx, w: torch.Tensor, points: torch.Tensor, bucket_size: BucketSize) -> torch.Tensor:

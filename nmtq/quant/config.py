@@ -58,6 +58,12 @@ class QuantizerConfig:
         default=False,
         metadata={"help": "Differentiable quantization: learn 2**bits quantization points per tensor by SGD."},
     )
+    activation_bits: int | None = field(
+        default=None,
+        metadata={"help": "While the quantizer is attached, also round the input of every Linear layer whose weight "
+                          "is quantized, per row (token) onto this many bits with absmax scaling, as int8 engines "
+                          "(CTranslate2) do at run time; nothing more is stored. None: weights only."},
+    )
     points_init: str = field(
         default="quantile", metadata={"help": "Initial points: 'quantile' of the scaled weights or 'uniform'."}
     )
@@ -83,5 +89,7 @@ class QuantizerConfig:
             raise ValueError(
                 "learn_points needs scaling='linear': points are positions inside each bucket's [min, max]"
             )
+        if self.activation_bits is not None:
+            check_bits(self.activation_bits, "absmax")
         if self.learn_points and self.stochastic:
             raise ValueError("learn_points maps each weight to its nearest point; stochastic rounding does not apply")

@@ -31,7 +31,7 @@ from collections.abc import Iterable, Iterator, Mapping
 import torch
 from torch import nn
 
-from .autograd import allocate_bits, fake_quantize, init_points, quantize_with_points
+from .autograd import allocate_bits, fake_quantize, fake_quantize_activations, init_points, quantize_with_points
 from .config import QuantizerConfig
 from .functional import QuantizedTensor, check_weights, encode_tensor, encode_to_points
 from .prune import as_mask, magnitude_mask
@@ -205,6 +205,18 @@ class Quantizer:
             hook = _SwapHook(self, slots)
             self._handles.append(module.register_forward_pre_hook(hook.pre))
             self._handles.append(module.register_forward_hook(hook.post, always_call=True))
+        if self.config.activation_bits is not None:
+            self._attach_activation_hooks(self.config.activation_bits)
+
+    def _attach_activation_hooks(self, bits: int) -> None:
+        """Round the input of every ``nn.Linear`` whose weight is quantized (the int8 engines' run-time step)."""
+        def pre(module: nn.Module, args: tuple) -> tuple:
+            return (fake_quantize_activations(args[0], bits), *args[1:])
+
+        linears = {id(owner): owner for e in self.params for owner, attr in e.owners
+                   if isinstance(owner, nn.Linear) and attr == "weight"}
+        for module in linears.values():
+            self._handles.append(module.register_forward_pre_hook(pre))
 
     def _detach_hooks(self) -> None:
         for handle in self._handles:

@@ -281,3 +281,27 @@ def test_deepcopy_of_a_quantized_model_quantizes_its_own_weights():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     clone._nmtq_quantizer.remove()
     assert model.lstm._forward_pre_hooks and not clone.lstm._forward_pre_hooks
+
+
+def test_activation_bits_round_each_linear_input_per_row_like_an_int8_engine():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    reference = copy.deepcopy(model)
+    quantizer = Quantizer(model, bits=8, bucket_size="row", scaling="absmax", activation_bits=8)
+    x = torch.randn(4, 2, 6, requires_grad=True)
+
+    def int8_rows(t):  # by hand: scale = max|row| / 127, round to the nearest level
+        scale = t.abs().amax(dim=-1, keepdim=True) / 127
+        return torch.round(t / scale) * scale
+
+    weights = [quantize_tensor(layer.weight.detach(), 8, "row", "absmax") for layer in (reference[0], reference[2])]
+    hidden = torch.relu(nn.functional.linear(int8_rows(x.detach()), weights[0], reference[0].bias))
+    expected = nn.functional.linear(int8_rows(hidden), weights[1], reference[2].bias)
+    out = model(x)
+    assert torch.allclose(out, expected, atol=1e-6)
+    out.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()  # straight through to the input
+    quantizer.remove()  # weights and activations back to full precision
+    assert torch.equal(model(x), reference(x))
+    with pytest.raises(ValueError, match="bits"):
+        QuantizerConfig(activation_bits=1)
