@@ -64,24 +64,6 @@ def kill_after_checkpoint(argv: list[str], out: Path, step: int, timeout: float 
     return max(complete_checkpoints(out))
 
 
-def distilled_once(corpus, teacher_dir, tmp_path_factory, students: dict[str, list[str]]):
-    """``get(kind)``: the output_dir of `nmtq distill` for ``students[kind]``, distilled once per module."""
-    from test_distill import distill_argv
-
-    from nmtq.cli import main
-
-    done: dict[str, Path] = {}
-
-    def get(kind: str) -> Path:
-        if kind not in done:
-            out = tmp_path_factory.mktemp("runs") / kind
-            assert main(distill_argv(corpus, teacher_dir, out, *students[kind], "--save_strategy", "no")) == 0
-            done[kind] = out
-        return done[kind]
-
-    return get
-
-
 @pytest.fixture(scope="module")
 def small_teacher(corpus, tmp_path_factory):
     """A 1+2-layer teacher trained for 4 steps: for tests that need its shapes and files, not its quality."""
@@ -91,3 +73,24 @@ def small_teacher(corpus, tmp_path_factory):
     assert main(["train", "--data", f"tsv:{corpus}", "--output_dir", str(out), *TINY, "--decoder_layers", "2",
                  "--max_steps", "4", "--save_strategy", "no"]) == 0
     return out
+
+
+@pytest.fixture(scope="module")
+def distilled(request, corpus, small_teacher, tmp_path_factory):
+    """``distilled(kind)``: the output_dir of `nmtq distill` from the small teacher for the test module's
+    ``STUDENTS[kind]`` (its fields), distilled once per module."""
+    from test_distill import distill_argv
+
+    from nmtq.cli import main
+
+    done: dict[str, Path] = {}
+
+    def get(kind: str) -> Path:
+        if kind not in done:
+            out = tmp_path_factory.mktemp("runs") / kind
+            argv = distill_argv(corpus, small_teacher, out, *request.module.STUDENTS[kind], "--save_strategy", "no")
+            assert main(argv) == 0
+            done[kind] = out
+        return done[kind]
+
+    return get

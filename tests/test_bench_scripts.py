@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ENGLISH, GERMAN, distilled_once
+from conftest import ENGLISH, GERMAN
 
 from nmtq.cli import main as nmtq
 from nmtq.evaluation import corpus_scores, translate
@@ -41,17 +41,6 @@ STUDENTS = {
 }
 
 
-@pytest.fixture(scope="module")
-def teacher_dir(small_teacher):
-    return small_teacher
-
-
-@pytest.fixture(scope="module")
-def distilled(corpus, teacher_dir, tmp_path_factory):
-    """``distilled(kind)``: the output_dir of `nmtq distill` for one of STUDENTS, distilled once per module."""
-    return distilled_once(corpus, teacher_dir, tmp_path_factory, STUDENTS)
-
-
 def entropy_of_codes(codes) -> tuple[float, int]:
     """Sum over tensors of kept * H(histogram of the kept codes), in bits, and the number of kept codes."""
     total, coded = 0.0, 0
@@ -73,17 +62,17 @@ def stream_bytes(path: Path) -> tuple[int, int]:
     return sum(streams), len(streams)
 
 
-def test_export_sizes_match_the_files_and_the_entropy_bound(distilled, teacher_dir, tmp_path, capsys):
+def test_export_sizes_match_the_files_and_the_entropy_bound(distilled, small_teacher, tmp_path, capsys):
     runs, out, md = [distilled("wide"), distilled("pruned")], tmp_path / "exports", tmp_path / "sizes.md"
     capsys.readouterr()  # what distilling printed
-    payload = bench_export.main([*map(str, runs), "--teacher", str(teacher_dir), "--out", str(out),
+    payload = bench_export.main([*map(str, runs), "--teacher", str(small_teacher), "--out", str(out),
                                  "--markdown", str(md)])
     table = capsys.readouterr().out
     assert table == md.read_text() and json.loads(md.with_suffix(".json").read_text()) == payload
     teacher = payload["teacher"]["packed"]
-    teacher_bytes = os.path.getsize(teacher_dir / "model.safetensors")
+    teacher_bytes = os.path.getsize(small_teacher / "model.safetensors")
     assert teacher["file_bytes"] == teacher_bytes
-    assert teacher["accounted_bytes"] == fp32_size(load_model(teacher_dir)).total_bytes
+    assert teacher["accounted_bytes"] == fp32_size(load_model(small_teacher)).total_bytes
     assert teacher["diff"] == pytest.approx(teacher_bytes / teacher["accounted_bytes"] - 1)
     assert "| teacher (fp32) | fp32 | 32 | " in table
     for run, row in zip(runs, payload["students"]):
@@ -112,7 +101,7 @@ def test_export_sizes_match_the_files_and_the_entropy_bound(distilled, teacher_d
         assert f"{check['bits_per_weight']:.3f} ({check['entropy_per_weight']:.3f}) | yes |" in line
 
 
-def test_runs_without_codes_are_refused_before_anything_is_exported(distilled, teacher_dir, tmp_path, capsys):
+def test_runs_without_codes_are_refused_before_anything_is_exported(distilled, small_teacher, tmp_path, capsys):
     good, out = distilled("pruned"), tmp_path / "exports"
     old = shutil.copytree(good, tmp_path / "old")
     (old / "quantized.safetensors").unlink()  # a quantized run from before the codes were saved
@@ -120,7 +109,7 @@ def test_runs_without_codes_are_refused_before_anything_is_exported(distilled, t
     (fp / "quantization.json").unlink()  # a full-precision student
     for run, message in ((old, "predates the exact codes"), (fp, "is not a quantized student")):
         with pytest.raises(SystemExit) as exit_:
-            bench_export.main([str(good), str(run), "--teacher", str(teacher_dir), "--out", str(out)])
+            bench_export.main([str(good), str(run), "--teacher", str(small_teacher), "--out", str(out)])
         err = capsys.readouterr().err
         assert exit_.value.code == 2 and message in err and "re-run `nmtq distill`" in err
         assert not out.exists()  # the good run, first, was not exported either
@@ -142,14 +131,14 @@ def test_repeats_must_give_the_same_hypotheses():
         bench_ct2.measure(lambda sources: next(outputs), None, ["x", "y"], ["a", "b"], batch_size=1, repeats=2)
 
 
-def test_ct2_bench_repeats_and_the_absmax_student(distilled, teacher_dir, corpus, tmp_path, capsys):
+def test_ct2_bench_repeats_and_the_absmax_student(distilled, small_teacher, corpus, tmp_path, capsys):
     pytest.importorskip("ctranslate2")
     student = tmp_path / "student-export"  # any student folder: here an `nmtq export` of the pruned student
     assert nmtq(["export", str(distilled("pruned")), str(student)]) == 0
     md = tmp_path / "speed.md"
     distilled("absmax")
     capsys.readouterr()  # what distilling printed
-    result = bench_ct2.main(["--teacher", str(teacher_dir), "--student", str(student), "--student-absmax",
+    result = bench_ct2.main(["--teacher", str(small_teacher), "--student", str(student), "--student-absmax",
                              str(distilled("absmax")), "--data", f"tsv:{corpus}", "--quick", "--repeats", "2",
                              "--threads", "1", "--num-beams", "2", "--max-new-tokens", "8", "--batch-size", "4",
                              "--markdown", str(md)])

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from conftest import ENGLISH, GERMAN, distilled_once
+from conftest import ENGLISH, GERMAN
 from test_distill import distill_argv
 
 from nmtq.cli import main
@@ -59,17 +59,6 @@ STUDENTS = {  # quantized distillation; learned points (dq); quantized distillat
     "lstm": ["--method", "qd", "--student_type", "lstm", "--student_d_model", "16", "--student_hidden_size", "16",
              "--max_steps", "2"],
 }
-
-
-@pytest.fixture(scope="module")
-def teacher_dir(small_teacher):
-    return small_teacher
-
-
-@pytest.fixture(scope="module")
-def distilled(corpus, teacher_dir, tmp_path_factory):
-    """``distilled(kind)``: the output_dir of `nmtq distill` for one of STUDENTS, distilled once per module."""
-    return distilled_once(corpus, teacher_dir, tmp_path_factory, STUDENTS)
 
 
 @pytest.fixture(params=list(STUDENTS))
@@ -195,9 +184,9 @@ def test_model_card_metadata_parses_with_huggingface_hub(distilled, tmp_path):
     assert f"| method | {metrics['method']}" in card.text
 
 
-def test_file_size_is_within_two_percent_of_the_accounting(corpus, teacher_dir, tmp_path):
+def test_file_size_is_within_two_percent_of_the_accounting(corpus, small_teacher, tmp_path):
     student = tmp_path / "wide"  # 1.8M weights: the header (key names, metadata) is small beside the codes
-    assert main(distill_argv(corpus, teacher_dir, student, "--method", "qd", "--student_d_model", "256",
+    assert main(distill_argv(corpus, small_teacher, student, "--method", "qd", "--student_d_model", "256",
                              "--student_ffn_dim", "1024", "--student_decoder_layers", "1", "--max_steps", "1",
                              "--save_strategy", "no", "--bucket_size", "256")) == 0
     metrics = json.loads((student / "test" / "metrics.json").read_text())
