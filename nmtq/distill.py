@@ -224,7 +224,7 @@ def distill(data_args: DataArguments, distill_args: DistillArguments, quant_conf
                          "student. Run `nmtq export OUTPUT_DIR EXPORT_DIR`, then `nmtq push EXPORT_DIR --repo-id "
                          "NAME`")
     log = main_process_logger(training_args)
-    checkpoint = resolve_checkpoint(training_args)
+    checkpoint = resolve_checkpoint(training_args, distill_args.checkpoint_last_file)
     splits = load_splits(data_args, log)
     teacher, tokenizer = load_model(distill_args.teacher), load_tokenizer(distill_args.teacher)
     student = build_student(distill_args, teacher)

@@ -113,6 +113,11 @@ class MethodArguments:
         return self.method in ("ptq", "qd", "dq")
 
     @property
+    def checkpoint_last_file(self) -> str:
+        """The file written last into a checkpoint: the quantizer's state when there is a quantizer."""
+        return QUANTIZER_STATE if self.quantized else "trainer_state.json"
+
+    @property
     def effective_alpha(self) -> float:
         """The distillation weight the trainer uses: 0 for ``fp`` (labels only)."""
         return 0.0 if self.method == "fp" else self.alpha

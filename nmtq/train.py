@@ -102,12 +102,15 @@ def tokenize(dataset, tokenizer, max_source_length: int, max_target_length: int,
         input_columns=["input_ids", "labels"], desc="length filter")
 
 
-def last_complete_checkpoint(output_dir: str) -> str | None:
-    """The newest ``checkpoint-N`` whose ``trainer_state.json``, which the Trainer writes last and not atomically,
-    is whole: a run killed while saving leaves a partial directory or a truncated file, and resuming skips it."""
+def last_complete_checkpoint(output_dir: str, last_file: str = "trainer_state.json") -> str | None:
+    """The newest ``checkpoint-N`` whose ``last_file`` is whole JSON: by default ``trainer_state.json``, which the
+    Trainer writes last and not atomically; a run killed while saving leaves a partial directory or a truncated
+    file, and resuming skips it. Callbacks write after the Trainer (``on_save``), so a run whose callbacks save
+    state names the file they write last."""
     steps = []
     for path in Path(output_dir).glob("checkpoint-*") if os.path.isdir(output_dir) else ():
-        if path.name.split("-")[-1].isdigit() and _readable_json(path / "trainer_state.json"):
+        if path.name.split("-")[-1].isdigit() and _readable_json(path / "trainer_state.json") \
+                and _readable_json(path / last_file):
             steps.append((int(path.name.split("-")[-1]), str(path)))
     return max(steps)[1] if steps else None
 
@@ -120,13 +123,14 @@ def _readable_json(path: Path) -> bool:
         return False
 
 
-def resolve_checkpoint(training_args: NmtTrainingArguments) -> str | None:
-    """``--resume_from_checkpoint last`` (or true) means the newest checkpoint in ``output_dir``."""
+def resolve_checkpoint(training_args: NmtTrainingArguments, last_file: str = "trainer_state.json") -> str | None:
+    """``--resume_from_checkpoint last`` (or true) means the newest complete checkpoint in ``output_dir`` (see
+    :func:`last_complete_checkpoint`)."""
     value = training_args.resume_from_checkpoint
     if value is None or str(value).lower() in ("false", "none", ""):
         return None
     if str(value).lower() in ("last", "true"):
-        last = last_complete_checkpoint(training_args.output_dir)
+        last = last_complete_checkpoint(training_args.output_dir, last_file)
         if last is None:
             raise ValueError(f"--resume_from_checkpoint {value}: no complete checkpoint-* directory in "
                              f"{training_args.output_dir!r}; start without it")

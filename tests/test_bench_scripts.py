@@ -30,6 +30,15 @@ def script(name: str):
 
 bench_export, bench_ct2 = script("bench_export"), script("bench_ct2")
 
+
+@pytest.fixture(autouse=True)
+def keep_torch_threads():
+    """bench_ct2.main sets torch's thread count for the whole process; tests that run later compare logits with
+    a subprocess's bit for bit, which needs the same count."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
 # a wide student (about 1.8M weights, so the safetensors header is small beside the codes: the 2% target holds), a
 # pruned one (mask bitmaps), and one with CTranslate2's own int8 scheme
 STUDENTS = {

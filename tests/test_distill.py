@@ -2,6 +2,7 @@
 
 import copy
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from nmtq.models import load_model
 from nmtq.quant import Quantizer, quantize_tensor
 from nmtq.student import make_student, spread_layers
 from nmtq.tokenizer import load_tokenizer
+from nmtq.train import last_complete_checkpoint
 
 # TINY without the architecture fields, which a student takes from its teacher
 TRAINING = [a for pair in zip(TINY[::2], TINY[1::2]) if pair[0] not in (
@@ -373,8 +375,11 @@ def test_a_killed_pruned_qd_run_resumes_and_finishes(corpus, teacher_dir, tmp_pa
     argv = [sys.executable, "-m", "nmtq", *distill_argv(corpus, teacher_dir, out, "--method", "qd", "--sparsity",
                                                         "0.5", "--prune_every", "1", "--prune_end_step", "6",
                                                         "--save_steps", "2")]
-    last = kill_after_checkpoint([*argv, "--max_steps", "100000"], out, 2)
-    killed = load_file(str(out / f"checkpoint-{last}" / "quantizer-masks.safetensors"))
+    kill_after_checkpoint([*argv, "--max_steps", "100000"], out, 2)
+    # the kill may land after the Trainer's files and before the quantizer's: resuming takes the last whole one
+    resumed = Path(last_complete_checkpoint(str(out), "quantizer.json"))
+    last = int(resumed.name.split("-")[1])
+    killed = load_file(str(resumed / "quantizer-masks.safetensors"))
     result = subprocess.run([*argv, "--max_steps", str(last + 8), "--resume_from_checkpoint", "last"],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -382,6 +387,15 @@ def test_a_killed_pruned_qd_run_resumes_and_finishes(corpus, teacher_dir, tmp_pa
     assert set(final) == set(killed) and all(torch.all(final[n] <= m) for n, m in killed.items())
     metrics = json.loads((out / "test" / "metrics.json").read_text())
     assert metrics["sparsity"] == pytest.approx(0.5, abs=0.01)
+
+
+def test_a_checkpoint_without_the_quantizers_state_is_not_resumed_from(tmp_path):
+    for step, files in ((2, ("trainer_state.json", "quantizer.json")), (4, ("trainer_state.json",))):
+        for name in files:
+            (tmp_path / f"checkpoint-{step}").mkdir(exist_ok=True)
+            (tmp_path / f"checkpoint-{step}" / name).write_text("{}")
+    assert last_complete_checkpoint(str(tmp_path)).endswith("checkpoint-4")
+    assert last_complete_checkpoint(str(tmp_path), "quantizer.json").endswith("checkpoint-2")
 
 
 def test_a_saved_quantized_student_translates_exactly_as_before_saving(corpus, teacher_dir, tmp_path):

@@ -185,7 +185,7 @@ def distill_images(data_args: ImageDataArguments, model_args: ImageModelArgument
         raise ValueError("nmtq distill-images does not push: the Trainer would upload fp32 checkpoints, not the "
                          "quantized model; push the run directory with `nmtq push DIR --repo-id NAME`")
     log = main_process_logger(training_args)
-    checkpoint = resolve_checkpoint(training_args)
+    checkpoint = resolve_checkpoint(training_args, method_args.checkpoint_last_file)
     teacher = load_classifier(method_args.teacher, "teacher") if method_args.teacher else None
     student = load_classifier(method_args.student_name_or_path, "student") \
         if method_args.student_name_or_path else None
