@@ -235,12 +235,9 @@ def distill(data_args: DataArguments, distill_args: DistillArguments, quant_conf
     keep = ("source",) if distill_args.sequence_kd else ()
     train_set = tokenize(splits["train"], tokenizer, data_args.max_source_length, data_args.max_target_length, keep)
 
-    def gradient_batches() -> list[dict]:  # --mean_bits: the first 128 pairs, ids and labels only (not the texts)
-        collator = DistillationCollator(tokenizer, student)
-        return [collator([train_set[i] for i in range(j, min(j + 32, len(train_set)))])
-                for j in range(0, min(len(train_set), 128), 32)]
-
-    quantizer = prepare_quantizer(student, distill_args, quant_config, log, gradient_batches, teacher)
+    # --mean_bits measures gradients on ids and labels only (DistillationCollator drops the kept source texts)
+    quantizer = prepare_quantizer(student, distill_args, quant_config, log, teacher, train_set,
+                                  DistillationCollator(tokenizer, student))
     if distill_args.method != "ptq":
         train_set, top_k = teacher_targets(train_set, teacher, tokenizer, student, data_args, distill_args,
                                            training_args, log)

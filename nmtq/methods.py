@@ -257,22 +257,30 @@ def allocate_bits_by_gradient(quantizer: Quantizer, student, teacher, batches, m
     return bits
 
 
-def prepare_quantizer(student, method_args: MethodArguments, quant_config: QuantizerConfig, log,
-                      gradient_batches: Callable[[], list[dict]] | None = None, teacher=None) -> Quantizer | None:
+def first_batches(dataset, collator: Callable[[list], dict], examples: int = 128, batch_size: int = 32) -> list[dict]:
+    """The first ``examples`` of ``dataset`` in batches made by ``collator``."""
+    end = min(len(dataset), examples)
+    return [collator([dataset[i] for i in range(j, min(j + batch_size, end))]) for j in range(0, end, batch_size)]
+
+
+def prepare_quantizer(student, method_args: MethodArguments, quant_config: QuantizerConfig, log, teacher=None,
+                      train_set=None, collator: Callable[[list], dict] | None = None) -> Quantizer | None:
     """The quantizer the method asks for, attached to ``student`` (None for fp and kd).
 
     ``dq`` learns points (only the points, unless it alternates); ``--mean_bits`` spreads the bits by gradient norm
-    on ``gradient_batches()`` against ``teacher``; ``ptq`` with ``--sparsity`` prunes at once.
+    against ``teacher`` on the first 128 examples of ``train_set``, batched by ``collator`` (model inputs and
+    labels only); ``ptq`` with ``--sparsity`` prunes at once.
     """
     if not method_args.quantized:
         return None
     config = dataclasses.replace(quant_config, learn_points=method_args.method == "dq")
     quantizer = Quantizer(student, config)
     if method_args.mean_bits is not None:
-        if teacher is None or gradient_batches is None:
+        if teacher is None or train_set is None or collator is None:
             raise ValueError("mean_bits spreads the bits by the gradient of the distillation loss: it needs the "
-                             "teacher loaded (pass --teacher)")
-        bits = allocate_bits_by_gradient(quantizer, student, teacher, gradient_batches(), method_args.mean_bits,
+                             "teacher loaded (pass --teacher) and training data")
+        batches = first_batches(train_set, collator)
+        bits = allocate_bits_by_gradient(quantizer, student, teacher, batches, method_args.mean_bits,
                                          method_args.alpha, method_args.temperature)
         log(f"bits by gradient norm (mean {method_args.mean_bits}): {sorted(set(bits.values()))}")
     if method_args.method == "dq" and method_args.alternate_every is None:

@@ -206,12 +206,8 @@ def distill_images(data_args: ImageDataArguments, model_args: ImageModelArgument
     train_set = ImageDataset(data.train)
     collator = ImageCollator(augment=data_args.augment, crop_padding=data_args.crop_padding, flip=data_args.flip)
 
-    def gradient_batches() -> list[dict]:  # --mean_bits: four batches of 32 training images, not augmented
-        plain = ImageCollator()
-        return [plain([train_set[i] for i in range(j, min(j + 32, len(train_set)))])
-                for j in range(0, min(len(train_set), 128), 32)]
-
-    quantizer = prepare_quantizer(student, method_args, quant_config, log, gradient_batches, teacher)
+    # --mean_bits measures gradients on training images as they are, not augmented
+    quantizer = prepare_quantizer(student, method_args, quant_config, log, teacher, train_set, ImageCollator())
     if method_args.method != "ptq":
         callbacks = time_budget(training_args) + method_callbacks(quantizer, method_args, checkpoint, log)
         trainer = ImageDistillationTrainer(
