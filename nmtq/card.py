@@ -26,6 +26,7 @@ METHODS = {"ptq": "post-training quantization of a distilled student",
            "qd": "quantized distillation (Polino et al., 2018): distillation through fake-quantized weights",
            "dq": "differentiable quantization (Polino et al., 2018): quantization points learned by distillation"}
 RESULTS = (("bleu", "BLEU"), ("chrf", "chrF"), ("perplexity", "Perplexity"))
+IMAGE_RESULTS = (("accuracy", "Accuracy"),)  # top-1, percent
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,11 @@ class CardFacts:
     metrics: Mapping[str, object] | None = None  # MODEL_DIR/test/metrics.json
     sparsity: float = 0.0
     notes: Sequence[str] = field(default_factory=tuple)
+    task: str = "translation"  # or "image-classification"
+
+    @property
+    def results(self) -> tuple[tuple[str, str], ...]:
+        return IMAGE_RESULTS if self.task == "image-classification" else RESULTS
 
 
 def _bits_text(bits: Mapping[str, int]) -> str:
@@ -61,12 +67,13 @@ def _metadata(facts: CardFacts) -> str:
 
     metrics = facts.metrics or {}
     dataset = facts.dataset or "held-out test split"
-    results = [EvalResult(task_type="translation", task_name="Translation", dataset_type=facts.dataset or "custom",
+    task_name = facts.task.replace("-", " ").capitalize()
+    results = [EvalResult(task_type=facts.task, task_name=task_name, dataset_type=facts.dataset or "custom",
                           dataset_name=dataset, dataset_split="test", metric_type=key, metric_name=label,
                           metric_value=round(float(metrics[key]), 2))
-               for key, label in RESULTS if isinstance(metrics.get(key), int | float)]
-    tags = ["translation", "nmtq", "quantized", "knowledge-distillation", f"{max(facts.bits.values())}-bit"]
-    data = ModelCardData(library_name="nmtq", pipeline_tag="translation", tags=tags,
+               for key, label in facts.results if isinstance(metrics.get(key), int | float)]
+    tags = [facts.task, "nmtq", "quantized", "knowledge-distillation", f"{max(facts.bits.values())}-bit"]
+    data = ModelCardData(library_name="nmtq", pipeline_tag=facts.task, tags=tags,
                          language=list(facts.languages) or None, model_name=facts.name,
                          eval_results=results or None)
     return data.to_yaml()
@@ -88,11 +95,12 @@ def _size_lines(facts: CardFacts) -> list[str]:
 
 def _results(facts: CardFacts) -> list[str]:
     metrics = facts.metrics or {}
-    found = [(label, metrics[key]) for key, label in RESULTS if isinstance(metrics.get(key), int | float)]
+    found = [(label, metrics[key]) for key, label in facts.results if isinstance(metrics.get(key), int | float)]
     if not found:
         return ["No test metrics were found (MODEL_DIR/test/metrics.json)."]
-    lines = [f"On the test split of {facts.dataset or 'the training corpus'} "
-             f"({metrics.get('num_sentences', '?')} sentences, beam {metrics.get('num_beams', '?')}):", "",
+    what = (f"{metrics.get('examples', '?')} images, top-1 %" if facts.task == "image-classification" else
+            f"{metrics.get('num_sentences', '?')} sentences, beam {metrics.get('num_beams', '?')}")
+    lines = [f"On the test split of {facts.dataset or 'the training corpus'} ({what}):", "",
              "| metric | value |", "|---|---|", *(f"| {label} | {float(v):.2f} |" for label, v in found)]
     for key in ("bleu_signature", "chrf_signature"):
         if metrics.get(key):
@@ -100,13 +108,25 @@ def _results(facts: CardFacts) -> list[str]:
     return lines
 
 
+def _use(facts: CardFacts) -> list[str]:
+    if facts.task == "image-classification":
+        return ["```python", "from nmtq.export import load_exported", "",
+                'model, _ = load_exported("path/to/this/folder")  # pixels in [0, 1], (batch, channels, H, W)',
+                "print(model(pixel_values=images).logits.argmax(-1))", "```"]
+    return ["```python", "from nmtq.export import load_exported", "",
+            'model, tokenizer = load_exported("path/to/this/folder")',
+            'batch = tokenizer(["..."], return_tensors="pt")',
+            "print(tokenizer.batch_decode(model.generate(**batch), skip_special_tokens=True))", "```"]
+
+
 def model_card(facts: CardFacts) -> str:
     """README.md text: YAML front matter (``library_name: nmtq``, tags, languages, ``model-index``), then prose."""
-    pair = "-".join(facts.languages) or "translation"
     method = METHODS.get(facts.method or "", facts.method or "quantization (method not recorded)")
+    what = ("An image classifier" if facts.task == "image-classification" else
+            f"A shallow {'-'.join(facts.languages) or 'translation'} translation student")
     body = [
         f"# {facts.name}", "",
-        f"A shallow {pair} translation student distilled from a larger teacher and quantized with nmtq.", "",
+        f"{what} distilled from a larger teacher and quantized with nmtq.", "",
         "| | |", "|---|---|",
         f"| method | {facts.method or 'unknown'}: {method} |",
         f"| teacher | {facts.teacher or 'not recorded'} |",
@@ -115,13 +135,7 @@ def model_card(facts: CardFacts) -> str:
         *_size_lines(facts), "",
         "## Results", "", *_results(facts), "",
         "## Use", "",
-        "```python",
-        "from nmtq.export import load_exported",
-        "",
-        'model, tokenizer = load_exported("path/to/this/folder")',
-        'batch = tokenizer(["..."], return_tensors="pt")',
-        "print(tokenizer.batch_decode(model.generate(**batch), skip_special_tokens=True))",
-        "```", "",
+        *_use(facts), "",
         "`model.safetensors` holds the integer codes bit-packed (or Huffman-coded), the per-bucket ranges, learned "
         "points and pruning masks, and every other tensor at its own dtype; `quantization_config.json` says how "
         "they decode. `load_exported` decodes them into exactly the weights the student was scored with.",

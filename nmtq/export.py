@@ -163,6 +163,10 @@ def _check_vocab(model, tokenizer, where: Path) -> None:
                          "the tokenizer files belong to another model; put the student's own tokenizer files there")
 
 
+def _is_image_model(config: Mapping) -> bool:
+    return config.get("model_type") == "nmtq_cifar_resnet"
+
+
 def _read_student(model_dir: Path) -> tuple:
     """The student of ``model_dir``, checked: (model, tokenizer, codes, quantization.json, metrics or None)."""
     rerun = ("run `nmtq distill` with a quantized method (--method qd, dq or ptq) and export its output_dir; a "
@@ -173,12 +177,20 @@ def _read_student(model_dir: Path) -> tuple:
         if not (model_dir / name).is_file():
             raise ValueError(f"{model_dir} has no {name}, so it holds no quantized codes: {rerun}")
     quantization = _read_json(model_dir / "quantization.json", rerun)
+    image = _is_image_model(_read_json(model_dir / "config.json", rerun))
     codes = load_codes(model_dir / CODES_FILE)
-    from .models import load_model
-    from .tokenizer import load_tokenizer
+    if image:  # nmtq distill-images: no tokenizer
+        from transformers import AutoModelForImageClassification
 
-    model, tokenizer = load_model(model_dir), load_tokenizer(model_dir)
-    _check_vocab(model, tokenizer, model_dir)
+        from .vision import models as vision_models  # noqa: F401  registers the CIFAR ResNets
+
+        model, tokenizer = AutoModelForImageClassification.from_pretrained(model_dir, use_safetensors=True), None
+    else:
+        from .models import load_model
+        from .tokenizer import load_tokenizer
+
+        model, tokenizer = load_model(model_dir), load_tokenizer(model_dir)
+        _check_vocab(model, tokenizer, model_dir)
     weights = model.state_dict(keep_vars=True)
     for name, q in codes.items():
         if q.bits > 8:
@@ -260,20 +272,24 @@ def export_model(model_dir: str | os.PathLike, out_dir: str | os.PathLike, huffm
         from safetensors.torch import save_file
 
         model.config.save_pretrained(tmp)
-        model.generation_config.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        if tokenizer is not None:  # a translation model
+            model.generation_config.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
         (tmp / EXPORT_CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": EXPORT_FORMAT, "quantized": json.dumps(header)})
         if dequantize:
             model.save_pretrained(tmp / DEQUANTIZED_DIR)
-            tokenizer.save_pretrained(tmp / DEQUANTIZED_DIR)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp / DEQUANTIZED_DIR)
         metrics_ = metrics or {}
         facts = CardFacts(
-            name=out_dir.name, languages=_languages(model, tokenizer), method=metrics_.get("method"),
+            name=out_dir.name, languages=_languages(model, tokenizer) if tokenizer else [],
+            method=metrics_.get("method"),
             teacher=teacher or metrics_.get("teacher"), dataset=dataset or _dataset_name(metrics_), bits=config["bits"],
             bucket_size=config["bucket_size"], scaling=config["scaling"], size=size,
             file_bytes=(tmp / WEIGHTS_FILE).stat().st_size, storage=storage, metrics=metrics,
-            sparsity=float(quantization.get("sparsity", 0.0)), notes=notes)
+            sparsity=float(quantization.get("sparsity", 0.0)), notes=notes,
+            task="translation" if tokenizer is not None else "image-classification")
         (tmp / "README.md").write_text(model_card(facts), encoding="utf-8")
 
     _write_dir(out_dir, write)
@@ -281,6 +297,10 @@ def export_model(model_dir: str | os.PathLike, out_dir: str | os.PathLike, huffm
 
 
 def _dequantized_note(model) -> str:
+    if _is_image_model(model.config.to_dict()):
+        return (f"`{DEQUANTIZED_DIR}/` is a plain transformers checkpoint of the decoded weights at full width: "
+                "`AutoModelForImageClassification.from_pretrained` loads it after `import nmtq.vision.models`, "
+                "which registers the CIFAR ResNets.")
     note = (f"`{DEQUANTIZED_DIR}/` is a plain transformers checkpoint of the decoded weights at full width (larger "
             "than the packed codes): `AutoModelForSeq2SeqLM.from_pretrained` loads it")
     if model.config.model_type == "nmtq-lstm":
@@ -361,18 +381,20 @@ def export_size(out_dir: str | os.PathLike) -> ExportSize:
 
 # ---------------------------------------------------------------------------------------------- loading
 def load_exported(out_dir: str | os.PathLike) -> tuple:
-    """``(model, tokenizer)`` of a folder written by :func:`export_model`, the model in eval mode.
+    """``(model, tokenizer)`` of a folder written by :func:`export_model`, the model in eval mode (an image
+    classifier comes with ``None`` for its tokenizer).
 
     The model is built from config.json with the Auto classes (the nmtq LSTM is registered), every quantized
     weight is set to its decoded codes (:meth:`QuantizedTensor.dequantize`) and every other tensor to the stored
     one, so its outputs equal the quantized student's exactly. Only JSON and safetensors are read; nothing is
     unpickled. A damaged or inconsistent folder raises ``ValueError`` saying what to fix.
     """
-    from transformers import AutoConfig, AutoModelForSeq2SeqLM, GenerationConfig
+    from transformers import AutoConfig, AutoModelForImageClassification, AutoModelForSeq2SeqLM, GenerationConfig
 
     from . import lstm  # noqa: F401  registers the LSTM student with the Auto classes
     from .models import enable_generation_cache, freeze_fixed_tables
     from .tokenizer import load_tokenizer
+    from .vision import models as vision_models  # noqa: F401  registers the CIFAR ResNets
 
     out_dir = Path(out_dir)
     quantized, plain = _read_export(out_dir)
@@ -381,9 +403,13 @@ def load_exported(out_dir: str | os.PathLike) -> tuple:
     except (OSError, ValueError) as err:
         raise ValueError(f"{out_dir}/config.json is missing or damaged ({err}): export again") from err
     dtypes = {q.dtype for q in quantized.values()}
-    model = AutoModelForSeq2SeqLM.from_config(config, **({"dtype": dtypes.pop()} if len(dtypes) == 1 else {}))
+    image = _is_image_model(config.to_dict())
+    auto = AutoModelForImageClassification if image else AutoModelForSeq2SeqLM
+    model = auto.from_config(config, **({"dtype": dtypes.pop()} if len(dtypes) == 1 else {}))
     values = {name: q.dequantize() for name, q in quantized.items()} | plain
     _load_weights(model, values, out_dir / WEIGHTS_FILE)
+    if image:
+        return model.eval(), None
     if (out_dir / "generation_config.json").is_file():
         model.generation_config = GenerationConfig.from_pretrained(str(out_dir))
     freeze_fixed_tables(model)

@@ -140,3 +140,24 @@ def test_two_processes_distil_with_accelerate(teacher, tmp_path):
     result = subprocess.run(launch, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((out / "test" / "metrics.json").read_text())["method"] == "qd"
+
+
+def test_an_image_student_exports_and_loads_back_exactly(teacher, tmp_path):
+    from huggingface_hub import ModelCard
+
+    from nmtq.export import export_model, load_exported
+
+    run(tmp_path / "qd", "--method", "qd", "--teacher", str(teacher), "--bits", "3", "--max_steps", "2",
+        "--sparsity", "0.5", "--prune_every", "1", "--prune_end_step", "1")
+    for huffman in (False, True):
+        out = tmp_path / f"export-{huffman}"
+        export_model(tmp_path / "qd", out, huffman=huffman, dequantize=True)
+        model, tokenizer = load_exported(out)
+        student = AutoModelForImageClassification.from_pretrained(tmp_path / "qd").eval()
+        x = load_image_data("synthetic:80").test.pixel_values
+        assert tokenizer is None and torch.equal(model(pixel_values=x).logits, student(pixel_values=x).logits)
+        dequantized = AutoModelForImageClassification.from_pretrained(out / "dequantized").eval()
+        assert torch.equal(dequantized(pixel_values=x).logits, student(pixel_values=x).logits)
+    card = ModelCard.load(out / "README.md")
+    assert card.data.pipeline_tag == "image-classification"
+    assert card.data.eval_results[0].metric_type == "accuracy"
