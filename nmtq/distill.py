@@ -144,9 +144,7 @@ class DistillationTrainer(QuantizedTrainingMixin, Seq2SeqTrainer):
             # the mean over this batch's translation tokens, weighted like the references by this batch's share
             share = 1.0 if num_items_in_batch is None else (labels != -100).sum() / num_items_in_batch
             loss = (1 - self.sequence_kd) * loss + self.sequence_kd * sequence_loss * share
-        if num_items_in_batch is not None and self.args.average_tokens_across_devices:
-            loss = loss * self.accelerator.num_processes  # num_items_in_batch counts every process's tokens
-        self.check_finite(loss)
+        loss = self.finish_loss(loss, num_items_in_batch)
         return (loss, outputs) if return_outputs else loss
 
 

@@ -163,8 +163,11 @@ def _check_vocab(model, tokenizer, where: Path) -> None:
                          "the tokenizer files belong to another model; put the student's own tokenizer files there")
 
 
-def _is_image_model(config: Mapping) -> bool:
-    return config.get("model_type") == "nmtq_cifar_resnet"
+IMAGE_MODEL_TYPE = "nmtq_cifar_resnet"  # CifarResNetConfig.model_type (nmtq.vision.models, imported on use)
+
+
+def _is_image_model(model_type: str | None) -> bool:
+    return model_type == IMAGE_MODEL_TYPE
 
 
 def _read_student(model_dir: Path) -> tuple:
@@ -177,14 +180,12 @@ def _read_student(model_dir: Path) -> tuple:
         if not (model_dir / name).is_file():
             raise ValueError(f"{model_dir} has no {name}, so it holds no quantized codes: {rerun}")
     quantization = _read_json(model_dir / "quantization.json", rerun)
-    image = _is_image_model(_read_json(model_dir / "config.json", rerun))
+    image = _is_image_model(_read_json(model_dir / "config.json", rerun).get("model_type"))
     codes = load_codes(model_dir / CODES_FILE)
     if image:  # nmtq distill-images: no tokenizer
-        from transformers import AutoModelForImageClassification
+        from .vision.models import load_classifier
 
-        from .vision import models as vision_models  # noqa: F401  registers the CIFAR ResNets
-
-        model, tokenizer = AutoModelForImageClassification.from_pretrained(model_dir, use_safetensors=True), None
+        model, tokenizer = load_classifier(model_dir, "student"), None
     else:
         from .models import load_model
         from .tokenizer import load_tokenizer
@@ -297,7 +298,7 @@ def export_model(model_dir: str | os.PathLike, out_dir: str | os.PathLike, huffm
 
 
 def _dequantized_note(model) -> str:
-    if _is_image_model(model.config.to_dict()):
+    if _is_image_model(model.config.model_type):
         return (f"`{DEQUANTIZED_DIR}/` is a plain transformers checkpoint of the decoded weights at full width: "
                 "`AutoModelForImageClassification.from_pretrained` loads it after `import nmtq.vision.models`, "
                 "which registers the CIFAR ResNets.")
@@ -403,7 +404,7 @@ def load_exported(out_dir: str | os.PathLike) -> tuple:
     except (OSError, ValueError) as err:
         raise ValueError(f"{out_dir}/config.json is missing or damaged ({err}): export again") from err
     dtypes = {q.dtype for q in quantized.values()}
-    image = _is_image_model(config.to_dict())
+    image = _is_image_model(config.model_type)
     auto = AutoModelForImageClassification if image else AutoModelForSeq2SeqLM
     model = auto.from_config(config, **({"dtype": dtypes.pop()} if len(dtypes) == 1 else {}))
     values = {name: q.dequantize() for name, q in quantized.items()} | plain

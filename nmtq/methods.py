@@ -163,13 +163,18 @@ class QuantizedTrainingMixin:
             self.quantizer.attach_optimizer(optimizer)  # learned points stay sorted after every step
         return optimizer
 
-    def check_finite(self, loss: torch.Tensor) -> None:
-        """Stop before a non-finite loss reaches the weights."""
+    def finish_loss(self, loss: torch.Tensor, num_items_in_batch) -> torch.Tensor:
+        """The loss as the Trainer expects it: ``num_items_in_batch`` counts every process's items, so a loss
+        divided by it is scaled back up by the number of processes; a non-finite loss stops training before it
+        reaches the weights."""
+        if num_items_in_batch is not None and self.args.average_tokens_across_devices:
+            loss = loss * self.accelerator.num_processes
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"the distillation loss is {loss.item()} at step {self.state.global_step}: stopping before the "
                 f"weights are damaged; the last good checkpoint is kept in {self.args.output_dir}. Lower "
                 "learning_rate or raise bits, then resume with --resume_from_checkpoint last")
+        return loss
 
 
 class SaveQuantizerState(TrainerCallback):

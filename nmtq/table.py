@@ -121,8 +121,7 @@ def _student_key(parsed: tuple, task: str) -> str:
     """What tells two students of a table apart: the student type, or the image model's architecture and depth."""
     if task == "translation":
         return parsed[1].student_type
-    model = parsed[1]
-    return f"{model.architecture}-{model.depth}" + (f"x{model.widen_factor}" if model.widen_factor > 1 else "")
+    return shape(dataclasses.asdict(parsed[1]))
 
 
 def plan(args: TableArguments) -> tuple[list[str], Path, list[Run]]:

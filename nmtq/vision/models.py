@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -257,6 +258,14 @@ def build_model(architecture: str = "resnet", depth: int = 20, widen_factor: int
     config = CifarResNetConfig(architecture=architecture, depth=depth, widen_factor=widen_factor,
                                num_channels=num_channels, num_labels=num_labels, **kwargs)
     return CifarResNetForImageClassification(config)
+
+
+def load_classifier(path: str | Path, what: str = "model") -> CifarResNetForImageClassification:
+    """A trained classifier from a directory (safetensors only), with a clear error when it is not one."""
+    if not (Path(path) / "config.json").is_file():
+        raise ValueError(f"{what} {str(path)!r} is not a model directory (no config.json): pass a directory written "
+                         "by nmtq distill-images")
+    return AutoModelForImageClassification.from_pretrained(path, use_safetensors=True)
 
 
 AutoConfig.register(CifarResNetConfig.model_type, CifarResNetConfig, exist_ok=True)

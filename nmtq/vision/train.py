@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForImageClassification, Trainer
+from transformers import Trainer
 
 from ..args import CpuFriendlyTrainingArguments
 from ..export import CODES_FILE, save_codes
@@ -36,7 +36,7 @@ from ..methods import (
 from ..quant import QuantizerConfig
 from ..train import main_process_logger, resolve_checkpoint, time_budget
 from .data import ImageCollator, ImageData, ImageDataset, ImageSplit, load_image_data, parse_image_spec
-from .models import ARCHITECTURES, CifarResNetConfig, CifarResNetForImageClassification
+from .models import ARCHITECTURES, CifarResNetConfig, CifarResNetForImageClassification, load_classifier
 
 
 @dataclass
@@ -76,14 +76,13 @@ class ImageModelArguments:
     base_width: int = field(default=16, metadata={"help": "Channels of the first stage (resnet)."})
     dropout: float = field(default=0.0, metadata={"help": "Dropout inside the wide_resnet blocks."})
 
-    def config(self, data: ImageData) -> CifarResNetConfig:
+    def config(self, **data_fields) -> CifarResNetConfig:
+        """The model's config; ``data_fields`` (channels, labels, normalisation) come from the data."""
         return CifarResNetConfig(architecture=self.architecture, depth=self.depth, widen_factor=self.widen_factor,
-                                 base_width=self.base_width, dropout=self.dropout, num_channels=data.num_channels,
-                                 num_labels=data.num_labels, image_mean=list(data.mean), image_std=list(data.std))
+                                 base_width=self.base_width, dropout=self.dropout, **data_fields)
 
     def __post_init__(self) -> None:
-        CifarResNetConfig(architecture=self.architecture, depth=self.depth, widen_factor=self.widen_factor,
-                          base_width=self.base_width, dropout=self.dropout)  # validates before anything is written
+        self.config()  # validates before anything is written
 
 
 @dataclass
@@ -134,18 +133,8 @@ class ImageDistillationTrainer(QuantizedTrainingMixin, Trainer):
                 teacher_logits = self.teacher(pixel_values=pixel_values).logits
         loss = distillation_loss(outputs.logits, teacher_logits, labels, self.alpha, self.temperature,
                                  num_items_in_batch=num_items_in_batch)
-        if num_items_in_batch is not None and self.args.average_tokens_across_devices:
-            loss = loss * self.accelerator.num_processes  # num_items_in_batch counts every process's images
-        self.check_finite(loss)
+        loss = self.finish_loss(loss, num_items_in_batch)
         return (loss, outputs) if return_outputs else loss
-
-
-def load_classifier(path: str, what: str) -> CifarResNetForImageClassification:
-    """A trained classifier from a directory (safetensors only), with a clear error when it is not one."""
-    if not (Path(path) / "config.json").is_file():
-        raise ValueError(f"{what} {path!r} is not a model directory (no config.json): pass a directory written by "
-                         "nmtq distill-images")
-    return AutoModelForImageClassification.from_pretrained(path, use_safetensors=True)
 
 
 def check_compatible(model, data: ImageData, what: str) -> None:
@@ -198,7 +187,9 @@ def distill_images(data_args: ImageDataArguments, model_args: ImageModelArgument
     if student is None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(training_args.seed)  # the same initial weights whatever ran before
-            student = CifarResNetForImageClassification(model_args.config(data))
+            student = CifarResNetForImageClassification(model_args.config(
+                num_channels=data.num_channels, num_labels=data.num_labels, image_mean=list(data.mean),
+                image_std=list(data.std)))
     log(f"{data.spec}: {len(data.train):,} train / {len(data.validation):,} validation / {len(data.test):,} test "
         f"images, {data.num_labels} classes; {student.config.architecture}-{student.config.depth} "
         f"x{student.config.widen_factor}, {sum(p.numel() for p in student.parameters()):,} parameters; "

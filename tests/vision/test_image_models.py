@@ -159,3 +159,9 @@ def test_quantizer_quantizes_conv_and_linear_weights_only():
             buckets = [flat[i:i + 64] for i in range(0, flat.numel(), 64)]
             assert max(b.unique().numel() for b in buckets) <= 2**4, name
             assert not torch.equal(p, full), name
+
+
+def test_the_export_knows_the_image_model_type():
+    from nmtq.export import IMAGE_MODEL_TYPE
+
+    assert CifarResNetConfig.model_type == IMAGE_MODEL_TYPE
