@@ -8,6 +8,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 
@@ -126,17 +127,26 @@ def _add_export(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--ctranslate2", nargs="?", const="int8", default=None, metavar="QUANTIZATION",
                         help="Instead, write a CTranslate2 model (Marian/BART students; int8 unless another "
                              "quantization is named) for `nmtq evaluate --engine ctranslate2`; needs nmtq[ct2].")
+    parser.add_argument("--int8-bits", type=int, default=None, metavar="BITS",
+                        help="With --ctranslate2 and an int8 type: bits of the weight codes, 2-8 (default: the "
+                             "student's own if distilled with --bucket_size row --scaling absmax, else 8; 7 keeps "
+                             "CTranslate2's int8 exact on x86 CPUs without VNNI).")
     parser.add_argument("--force", action="store_true", help="With --ctranslate2: replace an existing OUT_DIR.")
     parser.set_defaults(func=_run_export)
 
 
 def _run_export(args: argparse.Namespace) -> int:
     if args.ctranslate2:
-        from .ct2 import convert_to_ctranslate2
+        from .ct2 import INFO_FILE, convert_to_ctranslate2
 
-        out = convert_to_ctranslate2(args.model_dir, args.out_dir, quantization=args.ctranslate2, force=args.force)
-        print(f"CTranslate2 model ({args.ctranslate2}) of {args.model_dir} written to {out}")
+        out = convert_to_ctranslate2(args.model_dir, args.out_dir, quantization=args.ctranslate2, force=args.force,
+                                     int8_bits=args.int8_bits)
+        bits = json.loads((out / INFO_FILE).read_text(encoding="utf-8")).get("int8_bits")
+        codes = f", {bits}-bit codes" if bits else ""
+        print(f"CTranslate2 model ({args.ctranslate2}{codes}) of {args.model_dir} written to {out}")
         return 0
+    if args.int8_bits is not None:
+        raise ValueError(f"--int8-bits {args.int8_bits} is for CTranslate2 models: add --ctranslate2, or leave it out")
     from .export import export_model
 
     report = export_model(args.model_dir, args.out_dir, huffman=args.huffman, dequantize=args.dequantize,

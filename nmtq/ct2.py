@@ -6,6 +6,13 @@ per output row), CTranslate2's ``config.json``, the Marian tokenizer files and `
 needs to match ``transformers``). ``Ct2Translator`` translates and scores with it; ``evaluate_ctranslate2``
 returns the metrics of :func:`nmtq.evaluation.evaluate_model`.
 
+int8 weights are nmtq's own codes: ``int8_bits``-bit absmax per output row, rounded by
+:func:`nmtq.quant.functional.encode_tensor` and stored with CTranslate2's per-row scale, so CTranslate2 multiplies
+exactly the codes a student trained through (``nmtq distill --bucket_size row --scaling absmax --bits B``: its
+``B`` is the default; 8, CTranslate2's own scheme, for any other model). 7 bits keep every sum of two products
+within 16 bits, so the oneDNN kernels that CTranslate2 uses for int8 on x86 CPUs without VNNI do not saturate
+(with 8-bit codes they can: oneDNN's "Nuances of int8 computations").
+
 The conversion maps the model exactly, so at ``float32`` greedy outputs equal ``transformers``' and reference
 log-probabilities match: CTranslate2's own Marian converter does not. It drops ``<pad>`` from the vocabulary and
 starts the decoder from a zero vector, where ``transformers`` starts it from ``<pad>``'s embedding, which training
@@ -33,9 +40,11 @@ import torch
 
 from .evaluation import _check_lengths, _check_model_dir, _max_source_length, evaluate_with
 from .io import write_json_atomic
+from .quant.functional import encode_tensor, max_code
 
 SUPPORTED_MODEL_TYPES = ("marian", "bart")
-QUANTIZATIONS = ("int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16", "bfloat16", "float32")
+INT8_QUANTIZATIONS = ("int8", "int8_float32", "int8_float16", "int8_bfloat16")
+QUANTIZATIONS = (*INT8_QUANTIZATIONS, "int16", "float16", "bfloat16", "float32")
 TOKENIZER_FILES = ("source.spm", "target.spm", "vocab.json", "tokenizer_config.json", "special_tokens_map.json")
 INFO_FILE = "nmtq_ct2.json"
 _FORMAT = "nmtq.ctranslate2.v1"
@@ -100,15 +109,64 @@ def _model_spec(model, tokenizer):
     return Loader()(model, tokenizer)
 
 
+def student_int8_bits(model_dir: str | os.PathLike) -> int | None:
+    """The bits of a student whose codes CTranslate2 int8 can hold exactly, else None.
+
+    That is a student quantized with absmax per output row (``--bucket_size row --scaling absmax``), uniform
+    levels (no learned points) and at most 8 bits, read from its ``quantization.json`` (``nmtq distill``) or
+    ``quantization_config.json`` (``nmtq export``); with bits that differ between layers, the largest.
+    """
+    from .export import EXPORT_CONFIG, _read_json
+
+    model_dir = Path(model_dir)
+    for name, section in ((EXPORT_CONFIG, None), ("quantization.json", "config")):
+        if (model_dir / name).is_file():
+            data = _read_json(model_dir / name, "write the folder again with the nmtq command that made it")
+            config = (data.get(section) or {}) if section else data
+            bits = list((data.get("bits") or {}).values())
+            if (config.get("bucket_size") == "row" and config.get("scaling") == "absmax" and bits
+                    and not (config.get("learn_points") or data.get("learn_points")) and max(bits) <= 8):
+                return int(max(bits))
+            return None
+    return None
+
+
+def _int8_codes(spec, bits: int, rest: str | None) -> None:
+    """Every weight CTranslate2 stores as int8 (those with a ``<name>_scale``) as ``bits``-bit absmax codes per
+    output row, rounded as nmtq rounds them, with CTranslate2's scale (codes per unit); other float tensors as
+    ``rest`` (what CTranslate2's int8_float16 etc. do to them), or left as they are."""
+    from ctranslate2.specs import model_spec as ms
+
+    top = max_code(bits, "absmax")
+
+    def visit(layer, name: str, value) -> None:
+        if not isinstance(value, ms.Variable) or value.is_scalar():
+            return
+        key = name.rsplit("/", 1)[-1]
+        if hasattr(layer, f"{key}_scale"):
+            q = encode_tensor(torch.from_numpy(value.to("float32").numpy()), bits, "row", "absmax")
+            codes = (q.codes.to(torch.int16) - top).to(torch.int8).reshape(q.shape)  # stored offset by top
+            amax = q.ranges.reshape(-1)
+            scale = torch.where(amax > 0, top / amax, torch.ones_like(amax))  # a zero row: codes 0, any scale
+            setattr(layer, key, ms.NumpyVariable(codes.numpy()))
+            setattr(layer, f"{key}_scale", ms.NumpyVariable(scale.numpy()))
+        elif rest is not None and value.dtype in ("float32", "float16", "bfloat16"):
+            setattr(layer, key, value.to(rest))
+
+    ms.visit_spec(spec, visit)
+
+
 def convert_to_ctranslate2(model_dir: str | os.PathLike, out_dir: str | os.PathLike, quantization: str = "int8",
-                           force: bool = False) -> Path:
+                           force: bool = False, int8_bits: int | None = None) -> Path:
     """Convert the Marian or BART model in ``model_dir`` into a self-contained CTranslate2 folder ``out_dir``.
 
     ``model_dir`` is an ``nmtq train``/``nmtq distill`` output_dir (config.json, model.safetensors, Marian
     tokenizer files) or an ``nmtq export`` folder. ``quantization`` is the weight type of ``model.bin``
-    (``int8``: 8-bit absmax per output row, CTranslate2's scheme). The folder is built beside ``out_dir`` and
-    renamed into place, so a failed conversion leaves nothing behind; an existing ``out_dir`` is replaced only
-    with ``force=True``. Returns ``out_dir``.
+    (``int8``: absmax codes per output row, CTranslate2's scheme). ``int8_bits`` (2 to 8, int8 types only) is the
+    bits of those codes: by default the student's own (:func:`student_int8_bits`), so its codes are stored
+    exactly, else 8; 7 keeps CTranslate2's default int8 kernels exact on x86 CPUs without VNNI. The folder is
+    built beside ``out_dir`` and renamed into place, so a failed conversion leaves nothing behind; an existing
+    ``out_dir`` is replaced only with ``force=True``. Returns ``out_dir``.
 
     Example:
         >>> convert_to_ctranslate2("runs/student", "runs/student-ct2", quantization="int8")  # doctest: +SKIP
@@ -120,6 +178,14 @@ def convert_to_ctranslate2(model_dir: str | os.PathLike, out_dir: str | os.PathL
     model_type = _model_type(model_dir)
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"quantization={quantization!r}: pass one of {QUANTIZATIONS} (int8 for a CPU)")
+    if int8_bits is not None and quantization not in INT8_QUANTIZATIONS:
+        raise ValueError(f"int8_bits={int8_bits} with quantization={quantization!r}: the bits are those of int8 "
+                         f"codes, so pass one of {INT8_QUANTIZATIONS}, or leave int8_bits out")
+    if int8_bits is not None and (isinstance(int8_bits, bool) or int8_bits not in range(2, 9)):
+        raise ValueError(f"int8_bits={int8_bits!r}: pass 2 to 8 (7 keeps CTranslate2's int8 exact on x86 CPUs "
+                         "without VNNI)")
+    if quantization in INT8_QUANTIZATIONS and int8_bits is None:
+        int8_bits = student_int8_bits(model_dir) or 8
     if out_dir.exists() and not force:
         raise ValueError(f"{out_dir} exists: pass force=True (--force) to replace it, or choose another folder")
     if out_dir.resolve() == model_dir.resolve() or out_dir.resolve() in model_dir.resolve().parents:
@@ -131,15 +197,20 @@ def convert_to_ctranslate2(model_dir: str | os.PathLike, out_dir: str | os.PathL
         if (model_dir / name).is_file():
             spec.register_file(str(model_dir / name))
     forced_eos = getattr(model.generation_config, "forced_eos_token_id", None) is not None
-    info = {"format": _FORMAT, "model_type": model_type, "quantization": quantization, "source": str(model_dir),
-            "max_source_length": _max_source_length(model, tokenizer), "forced_eos": forced_eos}
+    info = {"format": _FORMAT, "model_type": model_type, "quantization": quantization, "int8_bits": int8_bits,
+            "source": str(model_dir), "max_source_length": _max_source_length(model, tokenizer),
+            "forced_eos": forced_eos}
 
     class SpecConverter(ct2.converters.Converter):
         def _load(self):
+            if int8_bits is not None:  # nmtq's codes, not CTranslate2's re-rounding (convert gets no quantization)
+                spec.validate()  # torch tensors into CTranslate2 variables
+                _int8_codes(spec, int8_bits, {"int8_float16": "float16", "int8_bfloat16": "bfloat16",
+                                              "int8_float32": "float32"}.get(quantization))
             return spec
 
     def write(tmp: Path) -> None:
-        SpecConverter().convert(str(tmp), quantization=quantization, force=True)
+        SpecConverter().convert(str(tmp), quantization=None if int8_bits else quantization, force=True)
         write_json_atomic(tmp / INFO_FILE, info)
 
     _write_dir(out_dir, write)

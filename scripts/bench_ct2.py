@@ -6,11 +6,12 @@
         --student-absmax runs/students/absmax8 --markdown benchmarks/ct2-speed.md   # and the absmax student
 
 Rows: the teacher and the student in transformers (fp32 ``generate``), the student and the teacher converted to
-CTranslate2 int8 (8-bit absmax per output row), and the student in CTranslate2 float32, which separates what the
+CTranslate2 int8 (absmax per output row), and the student in CTranslate2 float32, which separates what the
 engine's beam search changes from what int8 costs. ``--student`` is any student folder (an ``nmtq distill``
-output_dir, full precision or quantized, or an ``nmtq export`` folder). ``--student-absmax`` adds a student
-distilled with CTranslate2's own scheme (``nmtq distill --bits 8 --bucket_size row --scaling absmax``) in
-transformers and in CTranslate2 int8, and the BLEU its conversion loses.
+output_dir, full precision or quantized, or an ``nmtq export`` folder); ``--int8-bits`` sets the bits of its and
+the teacher's int8 codes (8, CTranslate2's own rounding, by default). ``--student-absmax`` adds a student
+distilled with CTranslate2's kind of scheme (``nmtq distill --bits B --bucket_size row --scaling absmax``, B = 8
+or 7) in transformers and in CTranslate2 int8 (its own B-bit codes), and the BLEU its conversion loses.
 
 Same sentences, beam, batch and threads for all; speed counts the target pieces of the hypotheses (``</s>``
 included) per second of decoding, after one warm-up batch, as ``nmtq evaluate`` does. The whole set is decoded
@@ -33,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from nmtq.ct2 import Ct2Translator, convert_to_ctranslate2
+from nmtq.ct2 import Ct2Translator, convert_to_ctranslate2, student_int8_bits
 from nmtq.data import load_corpus
 from nmtq.evaluation import corpus_scores, keep_short_pairs, translate
 from nmtq.export import EXPORT_CONFIG, load_exported
@@ -42,7 +43,6 @@ from nmtq.models import load_model
 from nmtq.tokenizer import load_tokenizer
 
 TARGET_BLEU_LOSS = 0.3
-ABSMAX = "student (8-bit absmax per row)"
 
 
 def measure(decode: Callable[[list[str]], list[str]], tokenizer, sources: list[str], references: list[str],
@@ -76,7 +76,7 @@ def load_any(model_dir: str | Path):
     return load_model(model_dir).eval(), load_tokenizer(model_dir)
 
 
-def markdown(rows: dict[str, dict], header: str, repeats: int) -> str:
+def markdown(rows: dict[str, dict], header: str, repeats: int, absmax: str | None) -> str:
     base = rows["teacher, transformers fp32"]["tokens_per_second"]
     lines = [header, "", f"| model, engine | target tokens/s (median of {repeats}) | min-max | sentences/s | BLEU | "
              "chrF | speed vs fp32 teacher |", "|---|---:|---:|---:|---:|---:|---:|"]
@@ -85,18 +85,18 @@ def markdown(rows: dict[str, dict], header: str, repeats: int) -> str:
                      f"{row['tokens_per_second_max']:.0f} | {row['sentences_per_second']:.1f} | {row['bleu']:.1f} | "
                      f"{row['chrf']:.1f} | {row['tokens_per_second'] / base:.1f}x |")
     lines.append("")
-    for label, (fp32, int8) in bleu_pairs(rows).items():
+    for label, (fp32, int8) in bleu_pairs(rows, absmax).items():
         lost = rows[fp32]["bleu"] - rows[int8]["bleu"]
         lines.append(f"BLEU lost to CTranslate2 int8 by the {label}: {lost:.2f} (target: at most {TARGET_BLEU_LOSS})")
     return "\n".join(lines) + "\n"
 
 
-def bleu_pairs(rows: dict[str, dict]) -> dict[str, tuple[str, str]]:
-    """Each student's transformers row and its CTranslate2 int8 row."""
+def bleu_pairs(rows: dict[str, dict], absmax: str | None) -> dict[str, tuple[str, str]]:
+    """Each student's transformers row and its CTranslate2 int8 row (``absmax``: the absmax student's name)."""
     pairs = {"student": ("student, transformers fp32", "student, CTranslate2 int8")}
-    if f"{ABSMAX}, transformers fp32" in rows:
-        pairs["student distilled with 8-bit absmax per row"] = (f"{ABSMAX}, transformers fp32",
-                                                                f"{ABSMAX}, CTranslate2 int8")
+    if absmax is not None:
+        pairs[f"student distilled with {absmax.removeprefix('student (').removesuffix(')')}"] = (
+            f"{absmax}, transformers fp32", f"{absmax}, CTranslate2 int8")
     return pairs
 
 
@@ -104,8 +104,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", default="runs/bible-de-en-teacher")
     parser.add_argument("--student", default="runs/table/transformer/kd", help="any student folder")
-    parser.add_argument("--student-absmax", help="a student distilled with 8-bit absmax per row (CTranslate2's int8 "
-                                                 "scheme): two more rows and its BLEU lost to the conversion")
+    parser.add_argument("--student-absmax", help="a student distilled with absmax per row at 8 or fewer bits "
+                                                 "(CTranslate2's kind of int8 scheme): two more rows and its BLEU "
+                                                 "lost to the conversion")
+    parser.add_argument("--int8-bits", type=int, help="bits of the int8 codes of --student and --teacher (2-8; "
+                                                      "default 8, CTranslate2's own rounding)")
     parser.add_argument("--data", default="bible:de-en")
     parser.add_argument("--max-length", type=int, default=30, help="keep pairs of at most this many pieces a side")
     parser.add_argument("--num-beams", type=int, default=4)
@@ -118,6 +121,13 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats {args.repeats}: decode at least once")
+    absmax = None
+    if args.student_absmax:
+        bits = student_int8_bits(args.student_absmax)
+        if bits is None:
+            parser.error(f"--student-absmax {args.student_absmax} is not a student quantized with absmax per row at 8 "
+                         "or fewer bits: distill one with --bucket_size row --scaling absmax --bits 8 (or 7)")
+        absmax = f"student ({bits}-bit absmax per row)"
     torch.set_num_threads(args.threads)
 
     tokenizer = load_tokenizer(args.student)
@@ -141,8 +151,8 @@ def main(argv: list[str] | None = None) -> dict:
     rows = {}
     with tempfile.TemporaryDirectory(prefix="bench-ct2-") as tmp:
         try:  # every conversion first: a model CTranslate2 cannot run stops the script before any timing
-            student_ct2 = convert_to_ctranslate2(args.student, Path(tmp) / "student", "int8")
-            teacher_ct2 = convert_to_ctranslate2(args.teacher, Path(tmp) / "teacher", "int8")
+            student_ct2 = convert_to_ctranslate2(args.student, Path(tmp) / "student", "int8", int8_bits=args.int8_bits)
+            teacher_ct2 = convert_to_ctranslate2(args.teacher, Path(tmp) / "teacher", "int8", int8_bits=args.int8_bits)
             student_float32 = convert_to_ctranslate2(args.student, Path(tmp) / "student-float32", "float32")
             absmax_ct2 = (convert_to_ctranslate2(args.student_absmax, Path(tmp) / "absmax", "int8")
                           if args.student_absmax else None)
@@ -154,18 +164,21 @@ def main(argv: list[str] | None = None) -> dict:
         rows["student, CTranslate2 float32"] = ct2_row(student_float32, "float32")
         rows["teacher, CTranslate2 int8"] = ct2_row(teacher_ct2, "int8")
         if absmax_ct2 is not None:
-            rows[f"{ABSMAX}, transformers fp32"] = transformers_row(args.student_absmax)
-            rows[f"{ABSMAX}, CTranslate2 int8"] = ct2_row(absmax_ct2, "int8")
+            rows[f"{absmax}, transformers fp32"] = transformers_row(args.student_absmax)
+            rows[f"{absmax}, CTranslate2 int8"] = ct2_row(absmax_ct2, "int8")
 
     header = (f"{len(sources)} sentences of {args.data} (test, at most {args.max_length} pieces), beam "
               f"{args.num_beams}, batch {args.batch_size}, {args.threads} threads, {args.repeats} repeats, "
-              f"{platform.machine()} CPU, torch {torch.__version__}")
-    table = markdown(rows, header, args.repeats)
+              f"{platform.machine()} CPU, torch {torch.__version__}, int8 codes of the student and teacher: "
+              f"{args.int8_bits or 8} bits")
+    table = markdown(rows, header, args.repeats, absmax)
     print(table, end="")
-    bleu_lost = {label: rows[fp32]["bleu"] - rows[int8]["bleu"] for label, (fp32, int8) in bleu_pairs(rows).items()}
+    bleu_lost = {label: rows[fp32]["bleu"] - rows[int8]["bleu"]
+                 for label, (fp32, int8) in bleu_pairs(rows, absmax).items()}
     payload = {"setup": {"teacher": args.teacher, "student": args.student, "student_absmax": args.student_absmax,
                          "data": args.data, "sentences": len(sources), "max_length": args.max_length,
-                         "num_beams": args.num_beams, "batch_size": args.batch_size, "threads": args.threads,
+                         "int8_bits": args.int8_bits or 8, "num_beams": args.num_beams,
+                         "batch_size": args.batch_size, "threads": args.threads,
                          "repeats": args.repeats, "machine": platform.machine(), "torch": torch.__version__},
                "rows": {name: {k: v for k, v in row.items() if k != "hypotheses"} for name, row in rows.items()},
                "bleu_lost_to_int8": bleu_lost, "target_bleu_loss": TARGET_BLEU_LOSS}

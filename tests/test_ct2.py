@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import struct
 import sys
 from pathlib import Path
 
@@ -11,10 +12,17 @@ from conftest import ENGLISH, GERMAN, TINY
 
 ctranslate2 = pytest.importorskip("ctranslate2")
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from nmtq.cli import main  # noqa: E402
-from nmtq.ct2 import INFO_FILE, Ct2Translator, convert_to_ctranslate2, evaluate_ctranslate2  # noqa: E402
+from nmtq.ct2 import (  # noqa: E402
+    INFO_FILE,
+    Ct2Translator,
+    convert_to_ctranslate2,
+    evaluate_ctranslate2,
+    student_int8_bits,
+)
 from nmtq.evaluation import evaluate_model, perplexity, translate  # noqa: E402
 from nmtq.models import load_model  # noqa: E402
 from nmtq.tokenizer import load_tokenizer  # noqa: E402
@@ -225,3 +233,109 @@ def test_export_and_evaluate_through_the_cli(marian, tmp_path, capsys):
     ct2, hf = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("e2", "e1"))
     assert ct2["engine"] == "ctranslate2" and ct2["num_sentences"] == hf["num_sentences"] == 12
     assert (tmp_path / "e2" / "hypotheses.txt").is_file()
+
+
+def read_model_bin(path: Path) -> dict[str, np.ndarray]:
+    """The variables of a CTranslate2 ``model.bin`` (its binary layout, version 6), aliases left out."""
+    dtypes = (np.float32, np.int8, np.int16, np.int32, np.float16)
+    data, offset = path.read_bytes(), 0
+
+    def take(fmt: str):
+        nonlocal offset
+        values = struct.unpack_from(fmt, data, offset)
+        offset += struct.calcsize(fmt)
+        return values if len(values) > 1 else values[0]
+
+    def string() -> str:
+        nonlocal offset
+        size = take("H")
+        offset += size
+        return data[offset - size:offset - 1].decode()
+
+    assert take("I") == 6
+    string(), take("I")  # spec name, revision
+    variables = {}
+    for _ in range(take("I")):
+        name, rank = string(), take("B")
+        shape = [take("I") for _ in range(rank)]
+        dtype, size = dtypes[take("B")], take("I")
+        variables[name] = np.frombuffer(data, dtype, size // np.dtype(dtype).itemsize, offset).reshape(shape)
+        offset += size
+    return variables
+
+
+@pytest.fixture(scope="module")
+def absmax4(marian, tmp_path_factory) -> Path:
+    """A student distilled with 4-bit absmax codes per output row: CTranslate2 int8 can hold them exactly."""
+    from test_distill import distill_argv
+
+    student = tmp_path_factory.mktemp("absmax4") / "student"
+    assert main(distill_argv(marian.parent / "pairs.tsv", marian, student, "--student_decoder_layers", "1",
+                             "--method", "qd", "--bits", "4", "--bucket_size", "row", "--scaling", "absmax",
+                             "--max_steps", "2", "--save_strategy", "no")) == 0
+    return student
+
+
+def test_int8_holds_the_students_own_codes(absmax4, marian, tmp_path):
+    from nmtq.quant.functional import encode_tensor
+
+    assert student_int8_bits(absmax4) == 4 and student_int8_bits(marian) is None
+    out = convert_to_ctranslate2(absmax4, tmp_path / "ct2")
+    assert json.loads((out / INFO_FILE).read_text())["int8_bits"] == 4
+    variables = read_model_bin(out / "model.bin")
+    codes = {name: v for name, v in variables.items() if v.dtype == np.int8 and v.ndim == 2}  # not flags
+    # the tied embeddings, and the Linear layers of one encoder layer (q, k, v fused: 4) and one decoder layer (7)
+    assert len(codes) == 1 + 4 + 7
+    assert all(np.abs(v).max() == 7 for v in codes.values())  # 4-bit absmax: -7..7, each row's largest on 7
+    weights = load_model(absmax4).state_dict()
+    for ct2_name, name in (("encoder/layer_0/ffn/linear_0", "model.encoder.layers.0.fc1.weight"),
+                           ("decoder/embeddings", "model.shared.weight")):
+        q = encode_tensor(weights[name], 4, "row", "absmax")
+        assert np.array_equal(variables[f"{ct2_name}/weight"], (q.codes.long() - 7).reshape(q.shape).numpy())
+        np.testing.assert_array_equal(variables[f"{ct2_name}/weight_scale"], (7 / q.ranges.reshape(-1)).numpy())
+    # CTranslate2's own rounding (8 bits) of the same weights: other codes, which the student never trained with
+    eight = read_model_bin(convert_to_ctranslate2(absmax4, tmp_path / "ct2-8", int8_bits=8) / "model.bin")
+    assert all(np.abs(eight[name]).max() == 127 for name in codes)
+    assert (out / "model.bin").stat().st_size == (tmp_path / "ct2-8" / "model.bin").stat().st_size
+
+
+def test_int8_scores_what_the_student_computes_with_rounded_inputs(absmax4, tmp_path):
+    """CTranslate2 int8 rounds each input row of its matrix products to 8-bit absmax codes, as nmtq's
+    ``activation_bits=8`` does: with the student's codes stored exactly, the two log-likelihoods agree."""
+    from nmtq.quant import Quantizer
+
+    model, tokenizer = load_model(absmax4).eval(), load_tokenizer(absmax4)
+    translator = Ct2Translator(absmax4, compute_type="int8")
+    full = perplexity(model, tokenizer, GERMAN, ENGLISH, progress=False)
+    quantizer = Quantizer(model, bits=4, bucket_size="row", scaling="absmax", activation_bits=8)
+    rounded = perplexity(model, tokenizer, GERMAN, ENGLISH, progress=False)
+    quantizer.remove()
+    ct2 = translator.perplexity(GERMAN, ENGLISH)
+    assert ct2 == pytest.approx(rounded, rel=1e-4)
+    assert abs(ct2 / full - 1) > 5 * abs(ct2 / rounded - 1)  # far nearer the rounded inputs than the exact ones
+    eight = Ct2Translator(convert_to_ctranslate2(absmax4, tmp_path / "ct2-8", int8_bits=8), compute_type="int8")
+    assert abs(eight.perplexity(GERMAN, ENGLISH) / rounded - 1) > 5e-4  # CTranslate2's re-rounding: not the same
+
+
+def test_int8_bits_of_an_export_folder_and_through_the_cli(absmax4, marian, tmp_path, capsys):
+    from nmtq.export import export_model
+
+    export_model(absmax4, tmp_path / "export")
+    assert student_int8_bits(tmp_path / "export") == 4
+    assert main(["export", str(marian), str(tmp_path / "ct2"), "--ctranslate2", "--int8-bits", "7"]) == 0
+    assert "CTranslate2 model (int8, 7-bit codes)" in capsys.readouterr().out
+    assert max(np.abs(v).max() for v in read_model_bin(tmp_path / "ct2" / "model.bin").values()
+               if v.dtype == np.int8 and v.ndim == 2) == 63
+    assert main(["export", str(absmax4), str(tmp_path / "packed"), "--int8-bits", "7"]) == 2
+    assert "add --ctranslate2" in capsys.readouterr().err and not (tmp_path / "packed").exists()
+
+
+@pytest.mark.parametrize("quantization, bits, message", [
+    ("float32", 7, "the bits are those of int8 codes"),
+    ("int8", 9, "pass 2 to 8"),
+    ("int8_float32", 1, "pass 2 to 8"),
+])
+def test_bad_int8_bits_fail_before_anything_is_written(marian, tmp_path, quantization, bits, message):
+    with pytest.raises(ValueError, match=message):
+        convert_to_ctranslate2(marian, tmp_path / "ct2", quantization, int8_bits=bits)
+    assert list(tmp_path.iterdir()) == []
