@@ -222,7 +222,10 @@ class Ct2Translator:
 
     ``model_dir`` is a folder written by :func:`convert_to_ctranslate2`, or a model folder that it accepts,
     converted on the fly (into a temporary folder, deleted once loaded). ``compute_type`` is CTranslate2's
-    (``int8``, ``int8_float32`` or ``float32`` on a CPU); ``intra_threads`` defaults to ``torch.get_num_threads()``.
+    (``int8``, ``int8_float32`` or ``float32`` on a CPU). ``inter_threads`` batches are decoded at once (CTranslate2
+    splits the input into batches of ``batch_size``), each on ``intra_threads`` threads, by default
+    ``torch.get_num_threads() // inter_threads``: on a 2-core CPU, ``inter_threads=2`` decodes two batches of the
+    small student at once, one core each, which keeps the cores busier than one batch on both.
 
     Example:
         >>> Ct2Translator("runs/student-ct2", compute_type="int8").translate(["Das Haus ist klein."])  # doctest: +SKIP
@@ -230,10 +233,12 @@ class Ct2Translator:
     """
 
     def __init__(self, model_dir: str | os.PathLike, compute_type: str = "int8", device: str = "cpu",
-                 intra_threads: int | None = None) -> None:
+                 intra_threads: int | None = None, inter_threads: int = 1) -> None:
+        if inter_threads < 1 or (intra_threads is not None and intra_threads < 1):
+            raise ValueError(f"inter_threads={inter_threads}, intra_threads={intra_threads}: pass positive numbers")
         ct2, model_dir = _require_ctranslate2(), Path(model_dir)
-        self.compute_type = compute_type
-        threads = intra_threads or torch.get_num_threads()
+        self.compute_type, self.inter_threads = compute_type, inter_threads
+        threads = intra_threads or max(1, torch.get_num_threads() // inter_threads)
         if (model_dir / "model.bin").is_file():
             self._open(ct2, model_dir, device, threads)
             return
@@ -251,7 +256,7 @@ class Ct2Translator:
         self.forced_eos: bool = info.get("forced_eos", False)
         try:
             self.translator = ct2.Translator(str(model_dir), device=device, compute_type=self.compute_type,
-                                             intra_threads=threads)
+                                             intra_threads=threads, inter_threads=self.inter_threads)
         except (RuntimeError, ValueError) as err:
             raise ValueError(f"CTranslate2 cannot load {model_dir} with compute_type={self.compute_type!r} on "
                              f"{device} ({err}): convert it again, or pick a compute type this machine supports "

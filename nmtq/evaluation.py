@@ -263,11 +263,12 @@ def evaluate_directory(model_dir: str | os.PathLike, data_spec: str, split: str 
                        num_beams: int = 4, max_new_tokens: int = 128, batch_size: int = 32,
                        output_dir: str | os.PathLike | None = None, device: str | None = None,
                        progress: bool = True, engine: str = "transformers",
-                       compute_type: str = "int8") -> dict[str, Any]:
+                       compute_type: str = "int8", inter_threads: int = 1) -> dict[str, Any]:
     """Load a saved model and tokenizer, load ``split`` of ``data_spec`` through ``nmtq.data``, and evaluate.
 
-    ``engine="ctranslate2"`` decodes with CTranslate2 (``compute_type`` int8, float32, ...) from a folder written by
-    ``nmtq export --ctranslate2``, or a model folder converted on the fly (:class:`nmtq.ct2.Ct2Translator`).
+    ``engine="ctranslate2"`` decodes with CTranslate2 (``compute_type`` int8, float32, ...; ``inter_threads`` batches
+    at once) from a folder written by ``nmtq export --ctranslate2``, or a model folder converted on the fly
+    (:class:`nmtq.ct2.Ct2Translator`).
 
     ``max_words`` is passed to ``load_corpus`` (``None``: no cleaning by word count). ``max_length`` then keeps
     only the pairs whose source and target each have at most that many tokenizer pieces; ``metrics["data"]`` says
@@ -283,9 +284,12 @@ def evaluate_directory(model_dir: str | os.PathLike, data_spec: str, split: str 
     if engine == "ctranslate2":
         from .ct2 import Ct2Translator
 
-        translator = Ct2Translator(model_dir, compute_type=compute_type)  # checks the folder itself
+        translator = Ct2Translator(model_dir, compute_type=compute_type, inter_threads=inter_threads)  # checks it
         tokenizer = translator.tokenizer
     elif engine == "transformers":
+        if inter_threads != 1:
+            raise ValueError(f"inter_threads={inter_threads} is for engine='ctranslate2' (--engine ctranslate2): "
+                             "transformers decodes one batch at a time")
         _check_model_dir(model_dir)
         tokenizer = load_tokenizer(model_dir)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -14,9 +14,13 @@ distilled with CTranslate2's kind of scheme (``nmtq distill --bits B --bucket_si
 or 7) in transformers and in CTranslate2 int8 (its own B-bit codes), and the BLEU its conversion loses.
 
 Same sentences, beam, batch and threads for all; speed counts the target pieces of the hypotheses (``</s>``
-included) per second of decoding, after one warm-up batch, as ``nmtq evaluate`` does. The whole set is decoded
-``--repeats`` times: the table gives the median tokens/s and the range; BLEU and chrF are those of the first pass
-(decoding is deterministic: the repeats must give the same hypotheses, or the script stops). The issue's targets:
+included) per second of decoding, after one warm-up batch, as ``nmtq evaluate`` does. With ``--threads`` above 1,
+the CTranslate2 int8 students get a second row where the threads decode that many batches at once, one thread each
+(``Ct2Translator(inter_threads=...)``, ``nmtq evaluate --inter-threads``); every other row decodes one batch at a
+time on all the threads. The whole set is decoded ``--repeats`` times, in rounds (one pass of every row a round, so
+a slow spell of the machine slows a whole round alike): the table gives the median tokens/s, its range, and the
+median over the rounds of each row's speed over the teacher's in the same round. BLEU and chrF are those of the
+first pass (decoding is deterministic: the repeats must give the same hypotheses, or the script stops). The targets:
 the int8 student at least 5x the fp32 teacher's tokens/s, and at most 0.3 BLEU below the same student in
 transformers (for the absmax student too). ``--markdown PATH`` also writes the table there and the numbers as JSON
 beside it.
@@ -31,6 +35,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -45,28 +50,43 @@ from nmtq.tokenizer import load_tokenizer
 TARGET_BLEU_LOSS = 0.3
 
 
-def measure(decode: Callable[[list[str]], list[str]], tokenizer, sources: list[str], references: list[str],
-            batch_size: int, repeats: int = 1) -> dict:
-    """Decode ``sources`` ``repeats`` times after a warm-up batch: median speed and its range, scores of the first."""
-    decode(sources[:batch_size])  # warm-up: thread pools, allocator, caches
-    seconds, hypotheses = [], None
+def measure(decoders: dict[str, tuple[Callable[[list[str]], list[str]], Any]], sources: list[str],
+            references: list[str], batch_size: int, repeats: int = 1) -> dict[str, dict]:
+    """Decode ``sources`` ``repeats`` times with each ``(decode, tokenizer)``, in rounds: one pass of every decoder
+    a round, after a warm-up batch each, so a slow spell of the machine slows all the rows of its round alike.
+
+    Per row: the median speed and its range, ``speedup``, the median over the rounds of the row's speed over the
+    first decoder's speed in the same round, and the scores of the first pass (the others must decode the same).
+    """
+    for decode, _ in decoders.values():
+        decode(sources[:batch_size])  # warm-up: thread pools, allocator, caches
+    seconds: dict[str, list[float]] = {name: [] for name in decoders}
+    hypotheses: dict[str, list[str]] = {}
     for repeat in range(repeats):
-        start = time.perf_counter()
-        output = decode(sources)
-        seconds.append(time.perf_counter() - start)
-        if hypotheses is None:
-            hypotheses = output
-        elif output != hypotheses:
-            changed = sum(a != b for a, b in zip(output, hypotheses))
-            raise RuntimeError(f"repeat {repeat + 1} changed {changed} of {len(sources)} hypotheses: decoding is not "
-                               "deterministic, so one BLEU does not describe the repeats")
-    tokens = sum(len(ids) for ids in tokenizer(text_target=hypotheses)["input_ids"])
-    scores = corpus_scores(hypotheses, references)
-    speeds = [tokens / s for s in seconds]
-    return {"tokens_per_second": statistics.median(speeds), "tokens_per_second_min": min(speeds),
-            "tokens_per_second_max": max(speeds), "sentences_per_second": len(sources) / statistics.median(seconds),
-            "seconds": seconds, "target_tokens": tokens, "bleu": scores["bleu"], "chrf": scores["chrf"],
-            "hypotheses": hypotheses}
+        for name, (decode, _) in decoders.items():
+            start = time.perf_counter()
+            output = decode(sources)
+            seconds[name].append(time.perf_counter() - start)
+            if name not in hypotheses:
+                hypotheses[name] = output
+            elif output != hypotheses[name]:
+                changed = sum(a != b for a, b in zip(output, hypotheses[name]))
+                raise RuntimeError(f"{name}: repeat {repeat + 1} changed {changed} of {len(sources)} hypotheses: "
+                                   "decoding is not deterministic, so one BLEU does not describe the repeats")
+    speeds, rows = {}, {}
+    for name, (_, tokenizer) in decoders.items():
+        tokens = sum(len(ids) for ids in tokenizer(text_target=hypotheses[name])["input_ids"])
+        speeds[name] = [tokens / s for s in seconds[name]]
+        scores = corpus_scores(hypotheses[name], references)
+        rows[name] = {"tokens_per_second": statistics.median(speeds[name]), "tokens_per_second_min": min(speeds[name]),
+                      "tokens_per_second_max": max(speeds[name]),
+                      "sentences_per_second": len(sources) / statistics.median(seconds[name]),
+                      "seconds": seconds[name], "target_tokens": tokens, "bleu": scores["bleu"],
+                      "chrf": scores["chrf"], "hypotheses": hypotheses[name]}
+    base = speeds[next(iter(decoders))]
+    for name, row in rows.items():
+        row["speedup"] = statistics.median(a / b for a, b in zip(speeds[name], base))
+    return rows
 
 
 def load_any(model_dir: str | Path):
@@ -77,13 +97,12 @@ def load_any(model_dir: str | Path):
 
 
 def markdown(rows: dict[str, dict], header: str, repeats: int, absmax: str | None) -> str:
-    base = rows["teacher, transformers fp32"]["tokens_per_second"]
     lines = [header, "", f"| model, engine | target tokens/s (median of {repeats}) | min-max | sentences/s | BLEU | "
-             "chrF | speed vs fp32 teacher |", "|---|---:|---:|---:|---:|---:|---:|"]
+             "chrF | speed vs fp32 teacher (median of the rounds) |", "|---|---:|---:|---:|---:|---:|---:|"]
     for name, row in rows.items():
         lines.append(f"| {name} | {row['tokens_per_second']:.0f} | {row['tokens_per_second_min']:.0f}-"
                      f"{row['tokens_per_second_max']:.0f} | {row['sentences_per_second']:.1f} | {row['bleu']:.1f} | "
-                     f"{row['chrf']:.1f} | {row['tokens_per_second'] / base:.1f}x |")
+                     f"{row['chrf']:.1f} | {row['speedup']:.1f}x |")
     lines.append("")
     for label, (fp32, int8) in bleu_pairs(rows, absmax).items():
         lost = rows[fp32]["bleu"] - rows[int8]["bleu"]
@@ -140,15 +159,15 @@ def main(argv: list[str] | None = None) -> dict:
 
     def transformers_row(model_dir: str):
         model, tok = load_any(model_dir)
-        return measure(lambda s: translate(model, tok, s, progress=False, **decoding), tok, sources, references,
-                       args.batch_size, args.repeats)
+        return lambda s: translate(model, tok, s, progress=False, **decoding), tok
 
-    def ct2_row(ct2_dir: Path, compute_type: str):
-        translator = Ct2Translator(ct2_dir, compute_type, intra_threads=args.threads)
-        return measure(lambda s: translator.translate(s, **decoding), translator.tokenizer, sources, references,
-                       args.batch_size, args.repeats)
+    def ct2_row(ct2_dir: Path, compute_type: str, parallel: bool = False):
+        translator = (Ct2Translator(ct2_dir, compute_type, intra_threads=1, inter_threads=args.threads) if parallel
+                      else Ct2Translator(ct2_dir, compute_type, intra_threads=args.threads))
+        return lambda s: translator.translate(s, **decoding), translator.tokenizer
 
-    rows = {}
+    parallel = f"{args.threads} batches at once" if args.threads > 1 else None
+    decoders = {}
     with tempfile.TemporaryDirectory(prefix="bench-ct2-") as tmp:
         try:  # every conversion first: a model CTranslate2 cannot run stops the script before any timing
             student_ct2 = convert_to_ctranslate2(args.student, Path(tmp) / "student", "int8", int8_bits=args.int8_bits)
@@ -158,17 +177,22 @@ def main(argv: list[str] | None = None) -> dict:
                           if args.student_absmax else None)
         except ValueError as err:
             parser.error(str(err))
-        rows["teacher, transformers fp32"] = transformers_row(args.teacher)
-        rows["student, transformers fp32"] = transformers_row(args.student)
-        rows["student, CTranslate2 int8"] = ct2_row(student_ct2, "int8")
-        rows["student, CTranslate2 float32"] = ct2_row(student_float32, "float32")
-        rows["teacher, CTranslate2 int8"] = ct2_row(teacher_ct2, "int8")
+        decoders["teacher, transformers fp32"] = transformers_row(args.teacher)
+        decoders["student, transformers fp32"] = transformers_row(args.student)
+        decoders["student, CTranslate2 int8"] = ct2_row(student_ct2, "int8")
+        if parallel:
+            decoders[f"student, CTranslate2 int8, {parallel}"] = ct2_row(student_ct2, "int8", parallel=True)
+        decoders["student, CTranslate2 float32"] = ct2_row(student_float32, "float32")
+        decoders["teacher, CTranslate2 int8"] = ct2_row(teacher_ct2, "int8")
         if absmax_ct2 is not None:
-            rows[f"{absmax}, transformers fp32"] = transformers_row(args.student_absmax)
-            rows[f"{absmax}, CTranslate2 int8"] = ct2_row(absmax_ct2, "int8")
+            decoders[f"{absmax}, transformers fp32"] = transformers_row(args.student_absmax)
+            decoders[f"{absmax}, CTranslate2 int8"] = ct2_row(absmax_ct2, "int8")
+            if parallel:
+                decoders[f"{absmax}, CTranslate2 int8, {parallel}"] = ct2_row(absmax_ct2, "int8", parallel=True)
+        rows = measure(decoders, sources, references, args.batch_size, args.repeats)
 
     header = (f"{len(sources)} sentences of {args.data} (test, at most {args.max_length} pieces), beam "
-              f"{args.num_beams}, batch {args.batch_size}, {args.threads} threads, {args.repeats} repeats, "
+              f"{args.num_beams}, batch {args.batch_size}, {args.threads} threads, {args.repeats} rounds, "
               f"{platform.machine()} CPU, torch {torch.__version__}, int8 codes of the student and teacher: "
               f"{args.int8_bits or 8} bits")
     table = markdown(rows, header, args.repeats, absmax)

@@ -136,8 +136,26 @@ def test_export_names_tell_runs_apart(tmp_path):
 
 def test_repeats_must_give_the_same_hypotheses():
     outputs = iter([["warm-up"], ["a", "b"], ["a", "c"]])
-    with pytest.raises(RuntimeError, match="repeat 2 changed 1 of 2 hypotheses"):
-        bench_ct2.measure(lambda sources: next(outputs), None, ["x", "y"], ["a", "b"], batch_size=1, repeats=2)
+    with pytest.raises(RuntimeError, match="model: repeat 2 changed 1 of 2 hypotheses"):
+        bench_ct2.measure({"model": (lambda sources: next(outputs), None)}, ["x", "y"], ["a", "b"], batch_size=1,
+                          repeats=2)
+
+
+def test_speedups_are_taken_round_by_round(monkeypatch):
+    """A slow round slows every row in it: each row's speedup is the median of its ratios within a round."""
+    clock = iter([0, 1, 10, 12, 12, 14, 14, 34])  # rounds: base 1 s, row 2 s; base 2 s, row 20 s
+    monkeypatch.setattr(bench_ct2.time, "perf_counter", lambda: next(clock))
+
+    def tokenizer(text_target):
+        return {"input_ids": [[0, 1, 2, 3]] * len(text_target)}  # 4 tokens a sentence
+
+    decoders = {"base": (lambda sources: ["a"] * len(sources), tokenizer),
+                "row": (lambda sources: ["a"] * len(sources), tokenizer)}
+    rows = bench_ct2.measure(decoders, ["x", "y"], ["a", "a"], batch_size=1, repeats=2)
+    assert rows["base"]["seconds"] == [1, 2] and rows["row"]["seconds"] == [2, 20]
+    assert rows["base"]["tokens_per_second"] == pytest.approx((8 + 4) / 2)  # 8 tokens in 1 s, then in 2 s
+    assert rows["row"]["speedup"] == pytest.approx((1 / 2 + 2 / 20) / 2)  # the median of two is their mean
+    assert rows["base"]["speedup"] == 1
 
 
 def test_ct2_bench_repeats_and_the_absmax_student(distilled, small_teacher, corpus, tmp_path, capsys):
@@ -149,13 +167,14 @@ def test_ct2_bench_repeats_and_the_absmax_student(distilled, small_teacher, corp
     capsys.readouterr()  # what distilling printed
     result = bench_ct2.main(["--teacher", str(small_teacher), "--student", str(student), "--student-absmax",
                              str(distilled("absmax")), "--data", f"tsv:{corpus}", "--quick", "--repeats", "2",
-                             "--threads", "1", "--num-beams", "2", "--max-new-tokens", "8", "--batch-size", "4",
+                             "--threads", "2", "--num-beams", "2", "--max-new-tokens", "8", "--batch-size", "4",
                              "--markdown", str(md)])
     table = capsys.readouterr().out
     absmax = "student (8-bit absmax per row)"  # named by the student's bits
     names = ["teacher, transformers fp32", "student, transformers fp32", "student, CTranslate2 int8",
-             "student, CTranslate2 float32", "teacher, CTranslate2 int8", f"{absmax}, transformers fp32",
-             f"{absmax}, CTranslate2 int8"]
+             "student, CTranslate2 int8, 2 batches at once", "student, CTranslate2 float32",
+             "teacher, CTranslate2 int8", f"{absmax}, transformers fp32", f"{absmax}, CTranslate2 int8",
+             f"{absmax}, CTranslate2 int8, 2 batches at once"]
     rows = result["rows"]
     assert list(rows) == names and table == md.read_text()
     assert json.loads(md.with_suffix(".json").read_text()) == {k: v for k, v in result.items() if k != "hypotheses"}
@@ -171,6 +190,9 @@ def test_ct2_bench_repeats_and_the_absmax_student(distilled, small_teacher, corp
         expected = translate(load_model(model_dir).eval(), load_tokenizer(model_dir), GERMAN, num_beams=2,
                              max_new_tokens=8, batch_size=4, progress=False)
         assert result["hypotheses"][name] == expected
+    for name in ("student, CTranslate2 int8", f"{absmax}, CTranslate2 int8"):  # batches at once: the same output
+        assert result["hypotheses"][name] == result["hypotheses"][f"{name}, 2 batches at once"]
+    assert rows["teacher, transformers fp32"]["speedup"] == 1
     lost = rows[f"{absmax}, transformers fp32"]["bleu"] - rows[f"{absmax}, CTranslate2 int8"]["bleu"]
     label = "student distilled with 8-bit absmax per row"
     assert result["bleu_lost_to_int8"][label] == pytest.approx(lost)

@@ -339,3 +339,17 @@ def test_bad_int8_bits_fail_before_anything_is_written(marian, tmp_path, quantiz
     with pytest.raises(ValueError, match=message):
         convert_to_ctranslate2(marian, tmp_path / "ct2", quantization, int8_bits=bits)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_batches_decoded_at_once_give_the_same_output(marian, tmp_path, capsys):
+    translator = Ct2Translator(marian, compute_type="float32", inter_threads=2)
+    assert translator.translator.num_translators == 2
+    assert translator.translate(SOURCES, num_beams=1, max_new_tokens=MAX_NEW_TOKENS, batch_size=2) == greedy(marian)
+    with pytest.raises(ValueError, match="inter_threads=0, intra_threads=None: pass positive numbers"):
+        Ct2Translator(marian, inter_threads=0)
+    common = ["evaluate", str(marian), "--data", f"tsv:{marian.parent / 'pairs.tsv'}", "--inter-threads", "2",
+              "--output-dir", str(tmp_path / "eval")]
+    assert main(common) == 2 and "is for engine='ctranslate2'" in capsys.readouterr().err
+    assert not (tmp_path / "eval").exists()
+    assert main([*common, "--engine", "ctranslate2", "--num-beams", "1"]) == 0
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["engine"] == "ctranslate2"
