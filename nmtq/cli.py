@@ -140,13 +140,17 @@ def _add_export(subparsers: argparse._SubParsersAction) -> None:
 
 def _run_export(args: argparse.Namespace) -> int:
     if args.ctranslate2:
-        from .ct2 import INFO_FILE, convert_to_ctranslate2
+        from .ct2 import INFO_FILE, convert_to_ctranslate2, int8_saturates_here
 
         out = convert_to_ctranslate2(args.model_dir, args.out_dir, quantization=args.ctranslate2, force=args.force,
                                      int8_bits=args.int8_bits)
         bits = json.loads((out / INFO_FILE).read_text(encoding="utf-8")).get("int8_bits")
         codes = f", {bits}-bit codes" if bits else ""
         print(f"CTranslate2 model ({args.ctranslate2}{codes}) of {args.model_dir} written to {out}")
+        if bits == 8 and int8_saturates_here():
+            print("[nmtq] note: on this CPU (x86 without VNNI, not Intel's) CTranslate2's int8 kernels sum pairs of "
+                  "products in 16 bits, which 8-bit codes can overflow: --int8-bits 7 (or a student distilled with "
+                  "--bits 7 --bucket_size row --scaling absmax) keeps them exact; see the README", file=sys.stderr)
         return 0
     if args.int8_bits is not None:
         raise ValueError(f"--int8-bits {args.int8_bits} is for CTranslate2 models: add --ctranslate2, or leave it out")

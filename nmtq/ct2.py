@@ -131,6 +131,29 @@ def student_int8_bits(model_dir: str | os.PathLike) -> int | None:
     return None
 
 
+def int8_saturates_here(cpuinfo: str | None = None) -> bool:
+    """Whether CTranslate2's int8 on this CPU sums pairs of 8-bit products in 16 bits, which 8-bit codes can overflow.
+
+    That is oneDNN's u8s8 kernel without VNNI: CTranslate2 takes oneDNN on x86 CPUs not made by Intel (MKL on
+    Intel's, or wherever ``CT2_USE_MKL=1``), and CPUs with ``avx512_vnni`` or ``avx_vnni`` sum in 32 bits.
+    ``cpuinfo`` is the text of ``/proc/cpuinfo`` (read when None; False where there is none).
+    """
+    if os.environ.get("CT2_USE_MKL", "").lower() in ("1", "true", "on"):
+        return False
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return False
+    fields = {}
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    flags = set(fields.get("flags", "").split())
+    return ("avx2" in flags and fields.get("vendor_id") != "GenuineIntel"
+            and not flags & {"avx512_vnni", "avx_vnni"})
+
+
 def _int8_codes(spec, bits: int, rest: str | None) -> None:
     """Every weight CTranslate2 stores as int8 (those with a ``<name>_scale``) as ``bits``-bit absmax codes per
     output row, rounded as nmtq rounds them, with CTranslate2's scale (codes per unit); other float tensors as

@@ -21,6 +21,7 @@ from nmtq.ct2 import (  # noqa: E402
     Ct2Translator,
     convert_to_ctranslate2,
     evaluate_ctranslate2,
+    int8_saturates_here,
     student_int8_bits,
 )
 from nmtq.evaluation import evaluate_model, perplexity, translate  # noqa: E402
@@ -348,8 +349,30 @@ def test_batches_decoded_at_once_give_the_same_output(marian, tmp_path, capsys):
     with pytest.raises(ValueError, match="inter_threads=0, intra_threads=None: pass positive numbers"):
         Ct2Translator(marian, inter_threads=0)
     common = ["evaluate", str(marian), "--data", f"tsv:{marian.parent / 'pairs.tsv'}", "--inter-threads", "2",
-              "--output-dir", str(tmp_path / "eval")]
+              "--max-new-tokens", str(MAX_NEW_TOKENS), "--output-dir", str(tmp_path / "eval")]
     assert main(common) == 2 and "is for engine='ctranslate2'" in capsys.readouterr().err
     assert not (tmp_path / "eval").exists()
     assert main([*common, "--engine", "ctranslate2", "--num-beams", "1"]) == 0
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["engine"] == "ctranslate2"
+
+
+@pytest.mark.parametrize("vendor, flags, saturates", [
+    ("AuthenticAMD", "fpu sse2 avx avx2 fma", True),  # Zen 1-3: oneDNN, pairs summed in 16 bits
+    ("AuthenticAMD", "avx2 avx512f avx512_vnni", False),  # Zen 4: VNNI sums in 32 bits
+    ("GenuineIntel", "avx2 fma", False),  # CTranslate2 takes MKL on Intel's CPUs
+    ("AuthenticAMD", "sse2 sse4_2", False),  # no AVX2: not that kernel
+])
+def test_which_cpus_saturate_8_bit_codes(vendor, flags, saturates, monkeypatch):
+    monkeypatch.delenv("CT2_USE_MKL", raising=False)
+    cpuinfo = f"processor\t: 0\nvendor_id\t: {vendor}\nflags\t\t: {flags}\n\nprocessor\t: 1\nvendor_id\t: {vendor}\n"
+    assert int8_saturates_here(cpuinfo) is saturates
+    monkeypatch.setenv("CT2_USE_MKL", "1")
+    assert int8_saturates_here(cpuinfo) is False
+
+
+def test_export_notes_the_saturation_with_8_bit_codes(marian, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("nmtq.ct2.int8_saturates_here", lambda: True)
+    assert main(["export", str(marian), str(tmp_path / "ct2"), "--ctranslate2"]) == 0
+    assert "--int8-bits 7" in capsys.readouterr().err
+    assert main(["export", str(marian), str(tmp_path / "ct2-7"), "--ctranslate2", "--int8-bits", "7"]) == 0
+    assert "note" not in capsys.readouterr().err
