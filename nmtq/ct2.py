@@ -1,7 +1,7 @@
 """Fast CPU inference with CTranslate2: convert a saved Marian or BART model, translate and score with it.
 
 ``convert_to_ctranslate2`` turns a model folder (an ``nmtq train``/``nmtq distill`` output_dir, or an ``nmtq
-export`` folder) into a self-contained CTranslate2 folder: ``model.bin`` (int8 weights by default: 8-bit absmax
+export`` folder) into a self-contained CTranslate2 folder: ``model.bin`` (int8 weights by default: absmax codes
 per output row), CTranslate2's ``config.json``, the Marian tokenizer files and ``nmtq_ct2.json`` (what decoding
 needs to match ``transformers``). ``Ct2Translator`` translates and scores with it; ``evaluate_ctranslate2``
 returns the metrics of :func:`nmtq.evaluation.evaluate_model`.

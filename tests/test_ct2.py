@@ -324,7 +324,8 @@ def test_int8_bits_of_an_export_folder_and_through_the_cli(absmax4, marian, tmp_
     export_model(absmax4, tmp_path / "export")
     assert student_int8_bits(tmp_path / "export") == 4
     from_export = convert_to_ctranslate2(tmp_path / "export", tmp_path / "from-export") / "model.bin"
-    assert from_export.read_bytes() == (convert_to_ctranslate2(absmax4, tmp_path / "from-run") / "model.bin").read_bytes()
+    from_run = convert_to_ctranslate2(absmax4, tmp_path / "from-run") / "model.bin"
+    assert from_export.read_bytes() == from_run.read_bytes()
     assert main(["export", str(marian), str(tmp_path / "ct2"), "--ctranslate2", "--int8-bits", "7"]) == 0
     assert "CTranslate2 model (int8, 7-bit codes)" in capsys.readouterr().out
     assert max(np.abs(v).max() for v in read_model_bin(tmp_path / "ct2" / "model.bin").values()
