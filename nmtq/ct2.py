@@ -277,6 +277,7 @@ class Ct2Translator:
         self.tokenizer = load_tokenizer(model_dir)
         self.max_source_length: int = info.get("max_source_length", self.tokenizer.model_max_length)
         self.forced_eos: bool = info.get("forced_eos", False)
+        torch_threads = torch.get_num_threads()  # CTranslate2 sets the calling thread's OpenMP count, torch's too
         try:
             self.translator = ct2.Translator(str(model_dir), device=device, compute_type=self.compute_type,
                                              intra_threads=threads, inter_threads=self.inter_threads)
@@ -284,6 +285,8 @@ class Ct2Translator:
             raise ValueError(f"CTranslate2 cannot load {model_dir} with compute_type={self.compute_type!r} on "
                              f"{device} ({err}): convert it again, or pick a compute type this machine supports "
                              f"({sorted(ct2.get_supported_compute_types(device))})") from err
+        finally:
+            torch.set_num_threads(torch_threads)
 
     def _source_tokens(self, sources: list[str]) -> list[list[str]]:
         ids = self.tokenizer(list(sources), truncation=True, max_length=self.max_source_length)["input_ids"]

@@ -346,8 +346,10 @@ def test_bad_int8_bits_fail_before_anything_is_written(marian, tmp_path, quantiz
 
 
 def test_batches_decoded_at_once_give_the_same_output(marian, tmp_path, capsys):
+    threads = torch.get_num_threads()
     translator = Ct2Translator(marian, compute_type="float32", inter_threads=2)
     assert translator.translator.num_translators == 2
+    assert torch.get_num_threads() == threads  # CTranslate2 set it to its 1 intra thread; torch keeps its own
     assert translator.translate(SOURCES, num_beams=1, max_new_tokens=MAX_NEW_TOKENS, batch_size=2) == greedy(marian)
     with pytest.raises(ValueError, match="inter_threads=0, intra_threads=None: pass positive numbers"):
         Ct2Translator(marian, inter_threads=0)
