@@ -96,7 +96,7 @@ def load_any(model_dir: str | Path):
     return load_model(model_dir).eval(), load_tokenizer(model_dir)
 
 
-def markdown(rows: dict[str, dict], header: str, repeats: int, absmax: str | None) -> str:
+def markdown(rows: dict[str, dict], header: str, repeats: int, bleu_lost: dict[str, float]) -> str:
     lines = [header, "", f"| model, engine | target tokens/s (median of {repeats}) | min-max | sentences/s | BLEU | "
              "chrF | speed vs fp32 teacher (median of the rounds) |", "|---|---:|---:|---:|---:|---:|---:|"]
     for name, row in rows.items():
@@ -104,18 +104,17 @@ def markdown(rows: dict[str, dict], header: str, repeats: int, absmax: str | Non
                      f"{row['tokens_per_second_max']:.0f} | {row['sentences_per_second']:.1f} | {row['bleu']:.1f} | "
                      f"{row['chrf']:.1f} | {row['speedup']:.1f}x |")
     lines.append("")
-    for label, (fp32, int8) in bleu_pairs(rows, absmax).items():
-        lost = rows[fp32]["bleu"] - rows[int8]["bleu"]
+    for label, lost in bleu_lost.items():
         lines.append(f"BLEU lost to CTranslate2 int8 by the {label}: {lost:.2f} (target: at most {TARGET_BLEU_LOSS})")
     return "\n".join(lines) + "\n"
 
 
-def bleu_pairs(rows: dict[str, dict], absmax: str | None) -> dict[str, tuple[str, str]]:
-    """Each student's transformers row and its CTranslate2 int8 row (``absmax``: the absmax student's name)."""
+def bleu_pairs(absmax: str | None) -> dict[str, tuple[str, str]]:
+    """Each student's transformers row and its CTranslate2 int8 row (``absmax``: the absmax student's scheme)."""
     pairs = {"student": ("student, transformers fp32", "student, CTranslate2 int8")}
     if absmax is not None:
-        pairs[f"student distilled with {absmax.removeprefix('student (').removesuffix(')')}"] = (
-            f"{absmax}, transformers fp32", f"{absmax}, CTranslate2 int8")
+        pairs[f"student distilled with {absmax}"] = (f"student ({absmax}), transformers fp32",
+                                                     f"student ({absmax}), CTranslate2 int8")
     return pairs
 
 
@@ -146,7 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
         if bits is None:
             parser.error(f"--student-absmax {args.student_absmax} is not a student quantized with absmax per row at 8 "
                          "or fewer bits: distill one with --bucket_size row --scaling absmax --bits 8 (or 7)")
-        absmax = f"student ({bits}-bit absmax per row)"
+        absmax = f"{bits}-bit absmax per row"
     torch.set_num_threads(args.threads)
 
     tokenizer = load_tokenizer(args.student)
@@ -185,20 +184,20 @@ def main(argv: list[str] | None = None) -> dict:
         decoders["student, CTranslate2 float32"] = ct2_row(student_float32, "float32")
         decoders["teacher, CTranslate2 int8"] = ct2_row(teacher_ct2, "int8")
         if absmax_ct2 is not None:
-            decoders[f"{absmax}, transformers fp32"] = transformers_row(args.student_absmax)
-            decoders[f"{absmax}, CTranslate2 int8"] = ct2_row(absmax_ct2, "int8")
+            fp32, int8 = bleu_pairs(absmax)[f"student distilled with {absmax}"]
+            decoders[fp32] = transformers_row(args.student_absmax)
+            decoders[int8] = ct2_row(absmax_ct2, "int8")
             if parallel:
-                decoders[f"{absmax}, CTranslate2 int8, {parallel}"] = ct2_row(absmax_ct2, "int8", parallel=True)
+                decoders[f"{int8}, {parallel}"] = ct2_row(absmax_ct2, "int8", parallel=True)
         rows = measure(decoders, sources, references, args.batch_size, args.repeats)
 
     header = (f"{len(sources)} sentences of {args.data} (test, at most {args.max_length} pieces), beam "
               f"{args.num_beams}, batch {args.batch_size}, {args.threads} threads, {args.repeats} rounds, "
               f"{platform.machine()} CPU, torch {torch.__version__}, int8 codes of the student and teacher: "
               f"{args.int8_bits or 8} bits")
-    table = markdown(rows, header, args.repeats, absmax)
+    bleu_lost = {label: rows[fp32]["bleu"] - rows[int8]["bleu"] for label, (fp32, int8) in bleu_pairs(absmax).items()}
+    table = markdown(rows, header, args.repeats, bleu_lost)
     print(table, end="")
-    bleu_lost = {label: rows[fp32]["bleu"] - rows[int8]["bleu"]
-                 for label, (fp32, int8) in bleu_pairs(rows, absmax).items()}
     payload = {"setup": {"teacher": args.teacher, "student": args.student, "student_absmax": args.student_absmax,
                          "data": args.data, "sentences": len(sources), "max_length": args.max_length,
                          "int8_bits": args.int8_bits or 8, "num_beams": args.num_beams,
