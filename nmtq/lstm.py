@@ -5,8 +5,8 @@ Encoder: embedding, then a (bi)LSTM over the right-padded source. Decoder: the s
 joint), an LSTM started from a linear bridge of the encoder's final states, Luong attention (``general`` or ``dot``)
 over the encoder outputs with source padding masked, ``tanh(W_c [context; h])`` and an output projection tied to
 the embedding. There is no input feeding, so training runs the decoder LSTM over the whole target in one call.
-``generate`` (greedy, sampling, beam search) decodes incrementally: the decoder's recurrent state travels through
-``past_key_values`` as an ``LstmDecoderState`` that beam search reorders with ``reorder_cache``.
+``generate`` (greedy, sampling, beam search) decodes incrementally: the decoder's recurrent state travels between
+steps as an ``LstmCache``, a transformers ``Cache`` that beam search reorders with ``reorder_cache``.
 
 Importing this module registers ``nmtq-lstm`` with ``AutoConfig`` and ``AutoModelForSeq2SeqLM``.
 
@@ -23,8 +23,8 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from dataclasses import fields
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -32,9 +32,10 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from transformers import AutoConfig, AutoModelForSeq2SeqLM, GenerationMixin, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
+from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 
-__all__ = ["LstmDecoderState", "LstmForConditionalGeneration", "LstmSeq2SeqConfig", "register"]
+__all__ = ["LstmCache", "LstmForConditionalGeneration", "LstmSeq2SeqConfig", "register"]
 
 ATTENTION_TYPES = ("general", "dot")
 
@@ -56,7 +57,8 @@ class LstmSeq2SeqConfig(PreTrainedConfig):
     """
 
     model_type = "nmtq-lstm"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    # the cache field of the outputs, which the Trainer's evaluation drops (named past_key_values before 5.24)
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]
 
     vocab_size: int = 8000
     d_model: int = 256
@@ -111,34 +113,76 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-@dataclass
-class LstmDecoderState:
-    """The decoder LSTM's ``(hidden, cell)``, each ``(layers, batch, hidden_size)``, after ``seen_tokens`` tokens.
+class LstmCache(Cache):
+    """The decoder LSTM's ``(hidden, cell)``, each ``(layers, batch, hidden_size)``, after ``seen_tokens`` tokens,
+    as a transformers ``Cache``.
 
-    ``forward(use_cache=True)`` returns it as ``past_key_values``; passing it back continues decoding from there.
-    ``generate`` carries it between steps and beam search calls ``reorder_cache`` with the surviving beams.
+    ``forward(use_cache=True)`` returns it in its output's cache field; passing it back continues decoding from
+    there. ``generate`` relies on it through the documented ``Cache`` protocol alone (transformers 5.0 to 5.24):
+
+    - it passes the cache to ``forward`` (the argument ``cache``, called ``past_key_values`` before 5.24) and takes
+      the one ``forward`` returns for the next step;
+    - ``get_seq_length`` tells it how many target tokens the state has read, so that it feeds only the new one;
+    - beam search calls ``reorder_cache`` with the surviving beams; ``batch_repeat_interleave`` and
+      ``batch_select_indices`` expand or select rows;
+    - ``is_compileable`` is False (no static shapes to compile) and ``is_croppable`` is False: a recurrent state
+      cannot be rolled back, so ``crop`` raises and assisted decoding is refused.
+
+    The base class's list of attention layers stays empty: the state lives in two tensors.
 
     Example:
-        >>> state = LstmDecoderState(torch.arange(3.0).view(1, 3, 1), torch.zeros(1, 3, 1), seen_tokens=2)
-        >>> state.reorder_cache(torch.tensor([2, 2, 0]))
-        >>> state.hidden.flatten().tolist(), state.get_seq_length()
-        ([2.0, 2.0, 0.0], 2)
+        >>> cache = LstmCache(torch.arange(3.0).view(1, 3, 1), torch.zeros(1, 3, 1), seen_tokens=2)
+        >>> cache.reorder_cache(torch.tensor([2, 2, 0]))
+        >>> cache.hidden.flatten().tolist(), cache.get_seq_length(), cache.batch_size
+        ([2.0, 2.0, 0.0], 2, 3)
     """
 
-    hidden: torch.Tensor
-    cell: torch.Tensor
-    seen_tokens: int = 0
-    is_compileable: ClassVar[bool] = False  # read by generate's compile and stop-check heuristics
-    is_croppable: ClassVar[bool] = False
+    def __init__(self, hidden: torch.Tensor, cell: torch.Tensor, seen_tokens: int = 0) -> None:
+        super().__init__(layers=[])
+        if hidden.shape != cell.shape or hidden.dim() != 3:
+            raise ValueError(f"hidden {tuple(hidden.shape)} and cell {tuple(cell.shape)} must both be "
+                             "(layers, batch, hidden_size)")
+        self.hidden, self.cell, self.seen_tokens = hidden, cell, seen_tokens
+
+    def __repr__(self) -> str:
+        return f"LstmCache(hidden={tuple(self.hidden.shape)}, seen_tokens={self.seen_tokens})"
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
-        """Tokens decoded so far (what ``generate`` asks a cache)."""
+        """Target tokens the state has read (what ``generate`` asks a cache)."""
         return self.seen_tokens
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         """Keep, in place, the rows ``beam_idx`` (one per surviving beam) of the state."""
-        self.hidden = self.hidden.index_select(1, beam_idx.to(self.hidden.device))
-        self.cell = self.cell.index_select(1, beam_idx.to(self.cell.device))
+        self.batch_select_indices(beam_idx)
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep, in place, the rows ``indices`` of the state."""
+        self.hidden = self.hidden.index_select(1, indices.to(self.hidden.device))
+        self.cell = self.cell.index_select(1, indices.to(self.cell.device))
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        """Repeat each row ``repeats`` times, in place (``generate`` expanding a batch)."""
+        self.hidden = self.hidden.repeat_interleave(repeats, dim=1)
+        self.cell = self.cell.repeat_interleave(repeats, dim=1)
+
+    def crop(self, tokens_to_remove: int) -> None:
+        raise ValueError("an LSTM state cannot be cropped back to an earlier token: decode without assisted "
+                         "generation (no assistant_model or prompt_lookup_num_tokens)")
+
+    def reset(self) -> None:
+        self.hidden, self.cell, self.seen_tokens = torch.zeros_like(self.hidden), torch.zeros_like(self.cell), 0
+
+    @property
+    def batch_size(self) -> int:
+        return self.hidden.shape[1]
+
+    @property
+    def is_compileable(self) -> bool:
+        return False
+
+    @property
+    def is_croppable(self) -> bool:
+        return False
 
 
 def source_lengths(attention_mask: torch.Tensor | None, batch_size: int, seq_len: int,
@@ -222,7 +266,7 @@ class LstmDecoder(nn.Module):
         self.attention_output = nn.Linear(2 * hidden, config.d_model, bias=False)
         self.dropout = nn.Dropout(config.dropout)
 
-    def initial_state(self, memory: torch.Tensor, attention_mask: torch.Tensor | None) -> LstmDecoderState:
+    def initial_state(self, memory: torch.Tensor, attention_mask: torch.Tensor | None) -> LstmCache:
         """``tanh(bridge(final encoder states))``: forward direction at the last source token, backward at the
         first (exactly the top layer's final states of the packed LSTM), for every decoder layer."""
         batch_size, seq_len, hidden = memory.shape
@@ -231,10 +275,10 @@ class LstmDecoder(nn.Module):
         if self.bidirectional_encoder:
             final = torch.cat([final[:, : hidden // 2], memory[:, 0, hidden // 2:]], dim=-1)
         states = torch.tanh(self.bridge(final)).view(batch_size, 2, -1, hidden).permute(1, 2, 0, 3)
-        return LstmDecoderState(states[0].contiguous(), states[1].contiguous())
+        return LstmCache(states[0].contiguous(), states[1].contiguous())
 
     def forward(self, embedded: torch.Tensor, memory: torch.Tensor, attention_mask: torch.Tensor | None,
-                state: LstmDecoderState) -> tuple[torch.Tensor, LstmDecoderState]:
+                state: LstmCache) -> tuple[torch.Tensor, LstmCache]:
         outputs, (hidden, cell) = self.lstm(self.dropout(embedded), (state.hidden, state.cell))
         query = self.attention_query(outputs) if self.attention_query is not None else outputs
         scores = query @ memory.transpose(1, 2)
@@ -242,7 +286,7 @@ class LstmDecoder(nn.Module):
             scores = scores.masked_fill(~attention_mask[:, None, :].bool(), torch.finfo(scores.dtype).min)
         context = scores.softmax(dim=-1) @ memory
         attentional = torch.tanh(self.attention_output(torch.cat([context, outputs], dim=-1)))
-        return self.dropout(attentional), LstmDecoderState(hidden, cell, state.seen_tokens + embedded.shape[1])
+        return self.dropout(attentional), LstmCache(hidden, cell, state.seen_tokens + embedded.shape[1])
 
 
 class LstmForConditionalGeneration(PreTrainedModel, GenerationMixin):
@@ -250,8 +294,9 @@ class LstmForConditionalGeneration(PreTrainedModel, GenerationMixin):
     is token cross-entropy, -100 ignored) and ``generate`` does greedy, sampling and beam search.
 
     ``generate`` decodes incrementally: the first step runs the decoder from the bridged encoder state over the
-    start token and returns its ``LstmDecoderState`` as ``past_key_values``; each later step feeds only the last
-    token and that state. With ``use_cache=False`` every step reruns the decoder over the whole prefix (exact too).
+    start token and returns its ``LstmCache``; each later step feeds only the last token and that cache (see
+    ``LstmCache`` for the contract with ``generate``). With ``use_cache=False`` every step reruns the decoder over
+    the whole prefix (exact too). Nothing private of ``GenerationMixin`` is overridden.
 
     Example:
         >>> config = LstmSeq2SeqConfig(vocab_size=10, d_model=8, hidden_size=8, encoder_layers=1, decoder_layers=1)
@@ -263,7 +308,6 @@ class LstmForConditionalGeneration(PreTrainedModel, GenerationMixin):
     config_class = LstmSeq2SeqConfig
     base_model_prefix = "model"  # no separate base model: the encoder and decoder live on this class
     main_input_name = "input_ids"
-    _is_stateful = True  # a recurrent state cannot be cropped back, so assisted generation is refused
     _tied_weights_keys = {"lm_head.weight": "encoder.embed_tokens.weight"}
 
     def __init__(self, config: LstmSeq2SeqConfig) -> None:
@@ -272,11 +316,6 @@ class LstmForConditionalGeneration(PreTrainedModel, GenerationMixin):
         self.decoder = LstmDecoder(config)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.post_init()
-
-    @classmethod
-    def _supports_default_dynamic_cache(cls) -> bool:
-        # generate would otherwise hand forward an empty attention cache; our state comes from forward instead
-        return False
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -305,12 +344,16 @@ class LstmForConditionalGeneration(PreTrainedModel, GenerationMixin):
 
     def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
                 decoder_input_ids: torch.LongTensor | None = None, decoder_attention_mask: torch.Tensor | None = None,
-                encoder_outputs: BaseModelOutput | tuple | None = None,
-                past_key_values: LstmDecoderState | None = None, labels: torch.LongTensor | None = None,
-                use_cache: bool | None = None, return_dict: bool | None = None, **kwargs: Any
+                encoder_outputs: BaseModelOutput | tuple | None = None, cache: Cache | None = None,
+                labels: torch.LongTensor | None = None, use_cache: bool | None = None,
+                return_dict: bool | None = None, past_key_values: Cache | None = None, **kwargs: Any
                 ) -> Seq2SeqLMOutput | tuple:
         """Logits for ``decoder_input_ids`` (from ``labels`` when absent); the decoder is causal, so
-        ``decoder_attention_mask`` is not needed and ignored. ``kwargs`` may carry ``num_items_in_batch``."""
+        ``decoder_attention_mask`` is not needed and ignored. ``kwargs`` may carry ``num_items_in_batch``.
+
+        ``cache`` (or its name before transformers 5.24, ``past_key_values``) continues from an ``LstmCache``. An
+        empty cache of another kind, as ``generate`` makes before the first step, starts from the encoder's state.
+        """
         if decoder_input_ids is None:
             if labels is None:
                 raise ValueError("pass decoder_input_ids or labels (decoder inputs are labels shifted right)")
@@ -322,22 +365,32 @@ class LstmForConditionalGeneration(PreTrainedModel, GenerationMixin):
         elif not isinstance(encoder_outputs, BaseModelOutput):
             encoder_outputs = BaseModelOutput(last_hidden_state=encoder_outputs[0])
         memory = encoder_outputs.last_hidden_state
-        if past_key_values is None:
-            past_key_values = self.decoder.initial_state(memory, attention_mask)
-        elif not isinstance(past_key_values, LstmDecoderState):
-            raise ValueError(f"past_key_values is a {type(past_key_values).__name__}; pass the LstmDecoderState "
-                             "returned by a previous forward(use_cache=True), or None to start decoding")
+        state = self._decoder_state(cache if cache is not None else past_key_values, memory, attention_mask)
         embedded = self.encoder.embed_tokens(decoder_input_ids)
-        attentional, state = self.decoder(embedded, memory, attention_mask, past_key_values)
+        attentional, state = self.decoder(embedded, memory, attention_mask, state)
         logits = self.lm_head(attentional)
         loss = None
         if labels is not None:
             loss = _token_cross_entropy(logits, labels, kwargs.get("num_items_in_batch"))
         use_cache = use_cache if use_cache is not None else self.config.use_cache and labels is None
-        output = Seq2SeqLMOutput(loss=loss, logits=logits, past_key_values=state if use_cache else None,
-                                 encoder_last_hidden_state=memory)
+        output = Seq2SeqLMOutput(loss=loss, logits=logits, encoder_last_hidden_state=memory,
+                                 **{OUTPUT_CACHE_FIELD: state if use_cache else None})
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         return output if return_dict else output.to_tuple()
+
+    def _decoder_state(self, cache: Cache | None, memory: torch.Tensor,
+                       attention_mask: torch.Tensor | None) -> LstmCache:
+        """The state to continue from: ``cache`` itself, or the bridged encoder state when nothing was decoded."""
+        if isinstance(cache, LstmCache):
+            return cache
+        if cache is None or (isinstance(cache, Cache) and cache.get_seq_length() == 0):
+            return self.decoder.initial_state(memory, attention_mask)
+        raise ValueError(f"the cache is a {type(cache).__name__} holding decoded tokens; pass the LstmCache returned "
+                         "by a previous forward(use_cache=True), or None to start decoding")
+
+
+# Seq2SeqLMOutput's cache field: ``cache`` since transformers 5.24, ``past_key_values`` before (read off the dataclass)
+OUTPUT_CACHE_FIELD = "cache" if "cache" in {field.name for field in fields(Seq2SeqLMOutput)} else "past_key_values"
 
 
 def register() -> None:

@@ -13,8 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForSeq2SeqLM
+from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
 
-from nmtq.lstm import LstmDecoderState, LstmForConditionalGeneration, LstmSeq2SeqConfig, register
+from nmtq.lstm import OUTPUT_CACHE_FIELD, LstmCache, LstmForConditionalGeneration, LstmSeq2SeqConfig, register
 
 EOS, PAD = 0, 15
 
@@ -134,14 +135,21 @@ def test_decoding_token_by_token_with_the_state_equals_one_pass():
         full = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids).logits
         state, steps = None, []
         for t in range(4):
-            out = model(input_ids=input_ids, attention_mask=attention_mask, past_key_values=state, use_cache=True,
-                        decoder_input_ids=decoder_input_ids[:, t:t + 1])
-            state = out.past_key_values
+            # the argument's name before transformers 5.24 (past_key_values) is accepted too
+            name = "cache" if t % 2 else "past_key_values"
+            out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=True,
+                        decoder_input_ids=decoder_input_ids[:, t:t + 1], **{name: state})
+            state = out[OUTPUT_CACHE_FIELD]
             steps.append(out.logits)
-    assert isinstance(state, LstmDecoderState) and state.get_seq_length() == 4
+    assert isinstance(state, LstmCache) and isinstance(state, Cache) and state.get_seq_length() == 4
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-6, rtol=1e-5)
-    with pytest.raises(ValueError, match="LstmDecoderState"):
-        model(input_ids=input_ids, decoder_input_ids=decoder_input_ids, past_key_values=(state.hidden, state.cell))
+    # an empty cache of transformers' own (what generate makes before the first step) starts from the encoder
+    with torch.no_grad():
+        fresh = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
+                      cache=EncoderDecoderCache(DynamicCache(), DynamicCache()))
+    torch.testing.assert_close(fresh.logits, full)
+    with pytest.raises(ValueError, match="LstmCache"):
+        model(input_ids=input_ids, decoder_input_ids=decoder_input_ids, cache=(state.hidden, state.cell))
 
 
 @pytest.mark.parametrize("use_cache", [True, False])
@@ -263,3 +271,37 @@ def test_config_defaults_follow_the_tokenizer_layout():
 def test_config_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         LstmSeq2SeqConfig(**{"vocab_size": 10, "hidden_size": 8, **kwargs})
+
+
+def test_beam_search_returns_its_beams_best_first():
+    model = shared_model()
+    input_ids, attention_mask = pad_batch([[3, 4, 5, 6, 7], [8, 9]])
+    settings_ = dict(input_ids=input_ids, attention_mask=attention_mask, num_beams=4, max_new_tokens=6,
+                     min_new_tokens=6, length_penalty=0.0)
+    best = model.generate(**settings_)
+    out = model.generate(**settings_, num_return_sequences=3, return_dict_in_generate=True, output_scores=True)
+    assert out.sequences.shape[0] == 6 and torch.equal(out.sequences[::3], best)
+    scores = out.sequences_scores.view(2, 3)
+    assert torch.all(scores[:, :-1] >= scores[:, 1:])
+    sources = [[3, 4, 5, 6, 7], [8, 9]]
+    for i, (row, score) in enumerate(zip(out.sequences, out.sequences_scores)):
+        assert score.item() == pytest.approx(sequence_log_prob(model, sources[i // 3], strip(row)), abs=1e-5)
+
+
+def test_sampling_several_sequences_per_source_uses_each_sources_state():
+    model = shared_model()
+    input_ids, attention_mask = pad_batch([[3, 4, 5, 6, 7], [8, 9]])
+    torch.manual_seed(0)
+    sampled = model.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=True, top_k=1,
+                             num_return_sequences=2, max_new_tokens=6)
+    greedy = model.generate(input_ids=input_ids, attention_mask=attention_mask, num_beams=1, max_new_tokens=6)
+    # top_k=1 sampling is greedy: each source's copies must equal its greedy output
+    assert [strip(row) for row in sampled] == [strip(row) for row in greedy.repeat_interleave(2, dim=0)]
+
+
+def test_assisted_generation_is_refused_as_the_state_cannot_be_cropped():
+    model = shared_model()
+    with pytest.raises(ValueError, match="crop"):
+        model.generate(input_ids=torch.tensor([[3, 4, 5]]), assistant_model=tiny_model(seed=1), max_new_tokens=4)
+    with pytest.raises(ValueError, match="cannot be cropped"):
+        LstmCache(torch.zeros(1, 2, 3), torch.zeros(1, 2, 3), seen_tokens=2).crop(1)
