@@ -195,6 +195,24 @@ def _run_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_env(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "env", help="Print the versions, CPU (AVX2, AVX-512, VNNI), threads and GPU that numbers are measured with.",
+        description="The block that every metrics.json, table.json and benchmark JSON carries under "
+                    "\"environment\"; paste it into a bug report or beside a result.",
+    )
+    parser.add_argument("--json", action="store_true", help="Print it as JSON instead of '- key: value' lines.")
+    parser.set_defaults(func=_run_env)
+
+
+def _run_env(args: argparse.Namespace) -> int:
+    from .env import environment, format_environment
+
+    env = environment()
+    print(json.dumps(env, indent=2) if args.json else format_environment(env))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with one subparser per command."""
     parser = argparse.ArgumentParser(
@@ -210,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(subparsers)
     _add_export(subparsers)
     _add_push(subparsers)
+    _add_env(subparsers)
     return parser
 
 

@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 
+from .env import parse_cpuinfo, read_cpuinfo
 from .evaluation import _check_lengths, _check_model_dir, _max_source_length, evaluate_with
 from .io import write_json_atomic
 from .quant.functional import encode_tensor, max_code
@@ -141,17 +142,11 @@ def int8_saturates_here(cpuinfo: str | None = None) -> bool:
     if os.environ.get("CT2_USE_MKL", "").lower() in ("1", "true", "on"):
         return False
     if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-        except OSError:
+        cpuinfo = read_cpuinfo()
+        if cpuinfo is None:
             return False
-    fields = {}
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        fields.setdefault(key.strip(), value.strip())
-    flags = set(fields.get("flags", "").split())
-    return ("avx2" in flags and fields.get("vendor_id") != "GenuineIntel"
-            and not flags & {"avx512_vnni", "avx_vnni"})
+    cpu = parse_cpuinfo(cpuinfo)
+    return cpu.avx2 and cpu.vendor != "GenuineIntel" and not cpu.vnni
 
 
 def _int8_codes(spec, bits: int, rest: str | None) -> None:

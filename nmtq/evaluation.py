@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from .env import environment
 from .io import write_json_atomic, write_text_atomic
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
@@ -187,8 +188,9 @@ def evaluate_model(model: Any, tokenizer: Any, sources: list[str], references: l
     """Translate ``sources`` and return BLEU, chrF, perplexity and speed in one JSON-serializable dict.
 
     Perplexity is that of the first reference set. ``tokens_per_second`` counts the target pieces of the
-    hypotheses (``</s>`` included, as the tokenizer encodes them) per second of ``generate`` wall time. With
-    ``output_dir``, ``hypotheses.txt`` (one line per source, in order) and ``metrics.json`` are written there.
+    hypotheses (``</s>`` included, as the tokenizer encodes them) per second of ``generate`` wall time;
+    ``environment`` says what the numbers were measured with (:func:`nmtq.env.environment`). With ``output_dir``,
+    ``hypotheses.txt`` (one line per source, in order) and ``metrics.json`` are written there.
 
     Example:
         >>> metrics = evaluate_model(model, tokenizer, sources, references, output_dir="runs/eval")  # doctest: +SKIP
@@ -206,7 +208,8 @@ def evaluate_with(translate_fn: Callable[[list[str]], list[str]],
                   references: list[str] | list[list[str]], num_beams: int,
                   output_dir: str | os.PathLike | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The metrics of :func:`evaluate_model` for any decoder: ``translate_fn(sources)`` gives the hypotheses and
-    ``perplexity_fn(sources, references)`` the perplexity; ``extra`` entries are added to the metrics."""
+    ``perplexity_fn(sources, references)`` the perplexity; ``extra`` entries are added to the metrics, and
+    ``environment`` (:func:`nmtq.env.environment`: versions, CPU, threads, GPU) last."""
     streams = _reference_streams(references)
     _check_lengths(sources, {f"reference set {k}": stream for k, stream in enumerate(streams)})
     if not sources:
@@ -225,6 +228,7 @@ def evaluate_with(translate_fn: Callable[[list[str]], list[str]],
         "generation_seconds": seconds,
         "tokens_per_second": generated_tokens / max(seconds, 1e-9),
         **(extra or {}),
+        "environment": environment(),  # what the speed and the scores were measured with
     }
     if output_dir is not None:
         output_dir = Path(output_dir)

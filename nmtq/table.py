@@ -11,7 +11,8 @@ student and ``qd`` from the teacher. Each run is an ordinary ``nmtq train`` or `
 own directory under ``output_dir``; a finished run (its ``test/metrics.json`` exists) is reused and an
 interrupted one resumes from its last checkpoint, so the command can simply be started again. The table (BLEU,
 chrF, perplexity, bytes on disk, compression against the fp32 teacher, wall time) goes to stdout, ``table.md``
-and ``table.json``, and BLEU against bytes to ``bleu-vs-bytes.png``.
+and ``table.json`` (with the machine and versions it was measured on: :mod:`nmtq.env`), and BLEU against bytes to
+``bleu-vs-bytes.png``.
 
 With ``task: images`` every run is an ``nmtq distill-images`` call (the teacher one with ``--method fp``), the
 student key is its architecture and depth, and the table gives top-1 accuracy (plot: ``accuracy-vs-bytes.png``).
@@ -22,14 +23,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import platform
 import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
+from .env import describe_environment, environment
 from .io import atomic_path, write_json_atomic, write_text_atomic
 
 TABLE_METHODS = ("fp", "kd", "ptq", "qd", "dq")
@@ -176,15 +175,8 @@ def _call(argv: list[str], output_dir: Path, what: str, log) -> tuple[dict, floa
     if main(argv) != 0:
         raise ValueError(f"{what} failed (see the error above): nmtq {shlex.join(argv)}")
     seconds = time.monotonic() - start
-    write_json_atomic(time_file, {"seconds": round(seconds, 1), "hardware": hardware()})
+    write_json_atomic(time_file, {"seconds": round(seconds, 1), "hardware": describe_environment(environment())})
     return json.loads(metrics_file.read_text()), seconds
-
-
-def hardware() -> str:
-    """This machine, in one line."""
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name(0)} (torch {torch.__version__})"
-    return f"CPU {platform.machine()}, {torch.get_num_threads()} threads (torch {torch.__version__})"
 
 
 def make_table(args: TableArguments) -> dict:
@@ -222,8 +214,9 @@ def make_table(args: TableArguments) -> dict:
                      "seconds": seconds, "shape": shape(metrics), **{k: metrics.get(k) for k in (
                          *keys, "bytes", "huffman_bytes", "ratio_vs_fp32_teacher")}})
     wall = time.monotonic() - started
-    result = {"arguments": dataclasses.asdict(args), "hardware": hardware(), "wall_seconds": round(wall, 1),
-              "rows": rows}
+    env = environment()
+    result = {"arguments": dataclasses.asdict(args), "hardware": describe_environment(env),
+              "wall_seconds": round(wall, 1), "rows": rows, "environment": env}
     markdown = format_table(result, task)
     write_json_atomic(out / "table.json", result)
     write_text_atomic(out / "table.md", markdown + "\n")
@@ -253,8 +246,8 @@ def format_table(result: dict, task: Task = TASKS["translation"]) -> str:
         scores = [format(r[key], spec) for _, key, spec in task.metrics]
         lines.append("| " + " | ".join([r["name"], r["shape"], str(r["bits"]), *scores, f"{r['bytes']:,}",
                                         f"{r['ratio_vs_fp32_teacher']:.1f}x", huffman, minutes]) + " |")
-    lines += ["", f"{result['hardware']}; this command took {result['wall_seconds'] / 60:.1f} minutes (runs "
-                  "finished by an earlier call are reused, with the minutes they took then)."]
+    lines += ["", f"Measured on: {result['hardware']}; this command took {result['wall_seconds'] / 60:.1f} minutes "
+                  "(runs finished by an earlier call are reused, with the minutes they took then)."]
     return "\n".join(lines)
 
 

@@ -22,14 +22,14 @@ a slow spell of the machine slows a whole round alike): the table gives the medi
 median over the rounds of each row's speed over the teacher's in the same round. BLEU and chrF are those of the
 first pass (decoding is deterministic: the repeats must give the same hypotheses, or the script stops). The targets:
 the int8 student at least 5x the fp32 teacher's tokens/s, and at most 0.3 BLEU below the same student in
-transformers (for the absmax student too). ``--markdown PATH`` also writes the table there and the numbers as JSON
-beside it.
+transformers (for the absmax student too). Under the table, the CPU (AVX2, AVX-512, VNNI), threads and versions it
+was measured with (:mod:`nmtq.env`). ``--markdown PATH`` also writes the table there and the numbers as JSON beside
+it, with the whole ``environment``.
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import tempfile
 import time
@@ -41,6 +41,7 @@ import torch
 
 from nmtq.ct2 import Ct2Translator, convert_to_ctranslate2, student_int8_bits
 from nmtq.data import load_corpus
+from nmtq.env import describe_environment, environment
 from nmtq.evaluation import corpus_scores, keep_short_pairs, translate
 from nmtq.export import EXPORT_CONFIG, load_exported
 from nmtq.io import write_json_atomic, write_text_atomic
@@ -96,14 +97,14 @@ def load_any(model_dir: str | Path):
     return load_model(model_dir).eval(), load_tokenizer(model_dir)
 
 
-def markdown(rows: dict[str, dict], header: str, repeats: int, bleu_lost: dict[str, float]) -> str:
+def markdown(rows: dict[str, dict], header: str, repeats: int, bleu_lost: dict[str, float], measured_on: str) -> str:
     lines = [header, "", f"| model, engine | target tokens/s (median of {repeats}) | min-max | sentences/s | BLEU | "
              "chrF | speed vs fp32 teacher (median of the rounds) |", "|---|---:|---:|---:|---:|---:|---:|"]
     for name, row in rows.items():
         lines.append(f"| {name} | {row['tokens_per_second']:.0f} | {row['tokens_per_second_min']:.0f}-"
                      f"{row['tokens_per_second_max']:.0f} | {row['sentences_per_second']:.1f} | {row['bleu']:.1f} | "
                      f"{row['chrf']:.1f} | {row['speedup']:.1f}x |")
-    lines.append("")
+    lines += ["", f"Measured on: {measured_on}", ""]
     for label, lost in bleu_lost.items():
         lines.append(f"BLEU lost to CTranslate2 int8 by the {label}: {lost:.2f} (target: at most {TARGET_BLEU_LOSS})")
     return "\n".join(lines) + "\n"
@@ -193,18 +194,18 @@ def main(argv: list[str] | None = None) -> dict:
 
     header = (f"{len(sources)} sentences of {args.data} (test, at most {args.max_length} pieces), beam "
               f"{args.num_beams}, batch {args.batch_size}, {args.threads} threads, {args.repeats} rounds, "
-              f"{platform.machine()} CPU, torch {torch.__version__}, int8 codes of the student and teacher: "
-              f"{args.int8_bits or 8} bits")
+              f"int8 codes of the student and teacher: {args.int8_bits or 8} bits")
     bleu_lost = {label: rows[fp32]["bleu"] - rows[int8]["bleu"] for label, (fp32, int8) in bleu_pairs(absmax).items()}
-    table = markdown(rows, header, args.repeats, bleu_lost)
+    env = environment()
+    table = markdown(rows, header, args.repeats, bleu_lost, describe_environment(env))
     print(table, end="")
     payload = {"setup": {"teacher": args.teacher, "student": args.student, "student_absmax": args.student_absmax,
                          "data": args.data, "sentences": len(sources), "max_length": args.max_length,
                          "int8_bits": args.int8_bits or 8, "num_beams": args.num_beams,
                          "batch_size": args.batch_size, "threads": args.threads,
-                         "repeats": args.repeats, "machine": platform.machine(), "torch": torch.__version__},
+                         "repeats": args.repeats},
                "rows": {name: {k: v for k, v in row.items() if k != "hypotheses"} for name, row in rows.items()},
-               "bleu_lost_to_int8": bleu_lost, "target_bleu_loss": TARGET_BLEU_LOSS}
+               "bleu_lost_to_int8": bleu_lost, "target_bleu_loss": TARGET_BLEU_LOSS, "environment": env}
     if args.markdown:
         write_text_atomic(args.markdown, table)
         write_json_atomic(args.markdown.with_suffix(".json"), payload)

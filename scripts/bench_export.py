@@ -20,8 +20,8 @@ Each RUN is the output_dir of a quantized ``nmtq distill`` (qd, dq or ptq), whic
 * the ratio of the fp32 teacher's ``model.safetensors`` to each export's.
 
 The teacher gets a row too: its ``model.safetensors`` on disk against ``nmtq.distill.fp32_size``. A markdown table
-goes to stdout (and to ``--markdown``), the numbers as JSON next to it (``--markdown`` with ``.json``, else
-``OUT/bench-export.json``).
+goes to stdout (and to ``--markdown``), with the CPU, threads and versions under it, the numbers as JSON next to it
+(``--markdown`` with ``.json``, else ``OUT/bench-export.json``), with the whole ``environment`` (:mod:`nmtq.env`).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import os
 from pathlib import Path
 
 from nmtq.distill import fp32_size
+from nmtq.env import describe_environment, environment
 from nmtq.export import CODES_FILE, WEIGHTS_FILE, export_model, load_codes
 from nmtq.io import write_json_atomic, write_text_atomic
 from nmtq.models import load_model
@@ -146,7 +147,7 @@ def measure_teacher(teacher: Path) -> dict:
     return row
 
 
-def markdown(teacher: dict, students: list[dict], out: Path) -> str:
+def markdown(teacher: dict, students: list[dict], out: Path, measured_on: str) -> str:
     def num(x) -> str:
         return f"{x:,}"
 
@@ -173,7 +174,8 @@ def markdown(teacher: dict, students: list[dict], out: Path) -> str:
             f"| {e['bits_per_weight']:.3f} ({e['entropy_per_weight']:.3f}) | {'yes' if e['within_bound'] else 'NO'} "
             f"| {num(p['folder_bytes'])} / {num(h['folder_bytes'])} "
             f"| {p['vs_fp32_teacher']:.2f}x / {h['vs_fp32_teacher']:.2f}x |")
-    lines += ["", "Accounted: `nmtq.quant.size` (codes at their bits or Huffman-coded with their tables, bucket scales "
+    lines += ["", f"Measured on: {measured_on}", "",
+              "Accounted: `nmtq.quant.size` (codes at their bits or Huffman-coded with their tables, bucket scales "
               "and points, mask bitmaps, the full-precision rest); the file adds the safetensors header. Huffman b/w: "
               "codeword bits of the stored streams per coded weight, beside the entropy of the codes; the bound "
               "leaves out the code tables, scales and points and mask bitmaps (in the JSON)."]
@@ -199,9 +201,10 @@ def main(argv: list[str] | None = None) -> dict:
                     for run, name in zip(args.runs, names)]
     except ValueError as err:
         parser.error(str(err))
-    table = markdown(teacher, students, args.out)
+    env = environment()
+    table = markdown(teacher, students, args.out, describe_environment(env))
     print(table, end="")
-    payload = {"teacher": teacher, "students": students, "target_diff": TARGET_DIFF}
+    payload = {"teacher": teacher, "students": students, "target_diff": TARGET_DIFF, "environment": env}
     json_path = args.markdown.with_suffix(".json") if args.markdown else args.out / "bench-export.json"
     if args.markdown:
         write_text_atomic(args.markdown, table)

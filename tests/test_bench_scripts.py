@@ -1,5 +1,6 @@
 """scripts/bench_export.py and scripts/bench_ct2.py on tiny models: their numbers against independent measures."""
 
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -84,6 +85,8 @@ def test_export_sizes_match_the_files_and_the_entropy_bound(distilled, small_tea
     assert teacher["accounted_bytes"] == fp32_size(load_model(small_teacher)).total_bytes
     assert teacher["diff"] == pytest.approx(teacher_bytes / teacher["accounted_bytes"] - 1)
     assert "| teacher (fp32) | fp32 | 32 | " in table
+    assert payload["environment"]["safetensors"] == importlib.metadata.version("safetensors")
+    assert f"\nMeasured on: {payload['environment']['cpu']} (" in table
     for run, row in zip(runs, payload["students"]):
         metrics = json.loads((run / "test" / "metrics.json").read_text())
         assert row["name"] == run.name and row["method"] == "qd" and row["bleu"] == metrics["bleu"]
@@ -199,3 +202,6 @@ def test_ct2_bench_repeats_and_the_absmax_student(distilled, small_teacher, corp
     assert f"BLEU lost to CTranslate2 int8 by the {label}: {lost:.2f} (target: at most 0.3)" in table
     assert "BLEU lost to CTranslate2 int8 by the student: " in table and "median of 2" in table
     assert result["setup"]["repeats"] == 2 and result["setup"]["sentences"] == len(GERMAN)
+    assert result["environment"]["ctranslate2"] == importlib.metadata.version("ctranslate2")
+    assert result["environment"]["torch_threads"] == 2  # --threads 2
+    assert f"\nMeasured on: {result['environment']['cpu']} (" in table and ", 2 threads, " in table

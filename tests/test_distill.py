@@ -1,6 +1,7 @@
 """`nmtq distill`: the distillation trainer, students built from a teacher, every method end to end."""
 
 import copy
+import importlib.metadata
 import json
 from pathlib import Path
 
@@ -132,6 +133,7 @@ def test_methods_from_scratch_run_end_to_end(method, corpus, teacher_dir, tmp_pa
     metrics = json.loads((out / "test" / "metrics.json").read_text())
     assert metrics["method"] == method and metrics["encoder_layers"] == 1 and metrics["decoder_layers"] == 2
     assert metrics["bits"] == (4 if method == "qd" else 32)
+    assert metrics["environment"]["torch"] == importlib.metadata.version("torch")
     assert (out / "quantization.json").is_file() == (method == "qd")
     assert load_model(out).config.encoder_layers == 1
     # the Trainer turns the key/value cache off; a saved student must decode with it

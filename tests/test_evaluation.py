@@ -4,6 +4,7 @@ sacrebleu command line."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import math
 import subprocess
@@ -231,6 +232,7 @@ def test_evaluate_model_writes_hypotheses_and_metrics(tiny, tmp_path):
     assert json.loads((output_dir / "metrics.json").read_text(encoding="utf-8")) == metrics
     assert sorted(p.name for p in output_dir.iterdir()) == ["hypotheses.txt", "metrics.json"]  # no temp files left
     assert metrics["num_sentences"] == 10 and metrics["num_beams"] == 2
+    assert metrics["environment"]["torch"] == importlib.metadata.version("torch")  # what it was measured with
     assert metrics["bleu"] == corpus_scores(hypotheses, references)["bleu"]
     assert metrics["perplexity"] == pytest.approx(perplexity(model, tokenizer, sources, references, progress=False))
     tokens = sum(len(tokenizer(text_target=h)["input_ids"]) for h in hypotheses)

@@ -1,5 +1,6 @@
 """`nmtq table`: a tiny teacher and its students by every method, one table, a plot; finished runs are reused."""
 
+import importlib.metadata
 import json
 
 import pytest
@@ -40,6 +41,8 @@ def test_a_table_of_every_method_with_its_plot(recipes, tmp_path, capsys):
     assert (out / "bleu-vs-bytes.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     printed = capsys.readouterr().out
     assert "| transformer QD 2-bit | 1+1 | 2 |" in printed and "this command took" in printed
+    assert result["environment"]["torch"] == importlib.metadata.version("torch")
+    assert f"Measured on: {result['environment']['cpu']} (" in printed
     assert (out / "table.md").read_text().startswith("| model | layers |")
     # a second call reuses every finished run
     assert main(["table", "--config", str(recipes), "--bits", "2", "--methods", "kd", "qd"]) == 0

@@ -1,6 +1,8 @@
 """`nmtq train` and `nmtq evaluate` end to end on a tiny corpus: recipes, CLI, resume, architectures, bad input."""
 
+import importlib.metadata
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -44,7 +46,8 @@ def test_train_then_evaluate_through_the_cli(tiny_tsv, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "processes: 1" in printed and "BLEU" in printed and "chrF" in printed
     metrics = json.loads((out / "test" / "metrics.json").read_text())
-    assert {"bleu", "chrf", "perplexity", "train_target_tokens_per_second"} <= set(metrics)
+    assert {"bleu", "chrf", "perplexity", "train_target_tokens_per_second", "environment"} <= set(metrics)
+    assert metrics["environment"]["transformers"] == importlib.metadata.version("transformers")
     assert len((out / "test" / "hypotheses.txt").read_text().splitlines()) == 12
     assert (out / "model.safetensors").is_file() and (out / "tokenizer_config.json").is_file()
     assert json.loads((out / "config.json").read_text())["use_cache"] is True  # generate() keeps its cache
@@ -55,6 +58,7 @@ def test_train_then_evaluate_through_the_cli(tiny_tsv, tmp_path, capsys):
     again = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert again["bleu"] == metrics["bleu"] and again["chrf"] == metrics["chrf"]
     assert again["perplexity"] == pytest.approx(metrics["perplexity"], rel=1e-5)
+    assert again["environment"]["cpu_count"] == os.cpu_count() and again["model_dir"] == str(out)
 
 
 @pytest.mark.parametrize("model_type", ["fsmt", "bart"])

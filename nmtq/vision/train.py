@@ -10,7 +10,8 @@ alone); ``kd``, ``ptq``, ``qd`` and ``dq`` (with pruning, bits by gradient and t
 base_width) describe the model being trained: a CIFAR ResNet or Wide ResNet (:mod:`nmtq.vision.models`). The run
 directory gets the quantized model (``save_pretrained``: weights = decoded codes, loadable with
 ``AutoModelForImageClassification`` once ``nmtq.vision`` is imported), its exact integer codes
-(``quantized.safetensors``), ``quantization.json`` and ``test/metrics.json`` (top-1 accuracy, bytes, ratio).
+(``quantized.safetensors``), ``quantization.json`` and ``test/metrics.json`` (top-1 accuracy, bytes, ratio, and
+the ``environment`` they were measured in: :mod:`nmtq.env`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 from transformers import Trainer
 
 from ..args import CpuFriendlyTrainingArguments
+from ..env import environment
 from ..export import CODES_FILE, save_codes
 from ..io import write_json_atomic
 from ..losses import distillation_loss
@@ -229,7 +231,7 @@ def _finish(student, quantizer, teacher, data: ImageData, method_args: ImageDist
         metrics = {**evaluate_split(student, data.test), "data": data.spec, "method": method_args.method,
                    "teacher": method_args.teacher, **finished.metrics(teacher_size),
                    "architecture": config.architecture, "depth": config.depth, "widen_factor": config.widen_factor,
-                   "parameters": sum(p.numel() for p in student.parameters())}
+                   "parameters": sum(p.numel() for p in student.parameters()), "environment": environment()}
         write_json_atomic(output_dir / "test" / "metrics.json", metrics)
         log(f"test accuracy {metrics['accuracy']:.2f}% on {metrics['examples']:,} images; "
             + finished.summary(teacher_size))

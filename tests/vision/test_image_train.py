@@ -1,5 +1,6 @@
 """`nmtq distill-images`: a tiny ResNet through every method, with the translation trainer's quantizer and loss."""
 
+import importlib.metadata
 import json
 import sys
 from pathlib import Path
@@ -46,6 +47,7 @@ def test_the_teacher_learns_the_synthetic_classes(teacher):
     assert metrics["method"] == "fp" and metrics["bits"] == 32 and metrics["examples"] == 16
     assert metrics["accuracy"] > 30  # ten prototype classes: chance is 10%
     assert metrics["ratio_vs_fp32_teacher"] == 1.0 and metrics["parameters"] > 0
+    assert metrics["environment"]["torch"] == importlib.metadata.version("torch")
 
 
 @pytest.mark.parametrize("method, extra", [
