@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import platform
 import statistics
 import tempfile
 import time
@@ -29,6 +28,7 @@ from transformers import DataCollatorForSeq2Seq
 
 from nmtq.data import load_corpus
 from nmtq.distill import DistillationCollator
+from nmtq.env import describe_environment, environment
 from nmtq.evaluation import keep_short_pairs, translate
 from nmtq.losses import TopK, distillation_loss
 from nmtq.methods import fp32_size
@@ -139,8 +139,8 @@ def main() -> None:
     torch.manual_seed(0)
     teacher, tokenizer = load_model(args.teacher).eval(), load_tokenizer(args.teacher)
     student = load_model(args.student) if args.student else make_student(teacher, 1, 1)
-    print(f"CPU: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
-          f"{torch.__version__}; teacher {Path(args.teacher).name} ({fp32_size(teacher).total_bytes:,} B fp32), "
+    print(f"Measured on: {describe_environment(environment())}; teacher {Path(args.teacher).name} "
+          f"({fp32_size(teacher).total_bytes:,} B fp32), "
           f"student {student.config.encoder_layers}+{student.config.decoder_layers} layers\n")
     train, _ = load_corpus("bible:de-en", "train")
     train = train.filter(lambda s, t: len(s.split()) <= 25 and len(t.split()) <= 25, input_columns=["source", "target"])

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import platform
 import statistics
 import time
 
 import torch
 from torch import nn
 
+from nmtq.env import describe_environment, environment
 from nmtq.quant import Quantizer, quantize_tensor
 
 
@@ -104,8 +104,7 @@ def main() -> None:
     numel = 2**20 if args.quick else 64 * 2**20
     sizes = dict(vocab=1000, d_model=128, layers=1, batch=4, seq=16) if args.quick else \
         dict(vocab=1000, d_model=512, layers=3, batch=16, seq=64)
-    print(f"CPU: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-          f"torch {torch.__version__}\n")
+    print(f"Measured on: {describe_environment(environment())}\n")
     q = bench_quantize_tensor(numel, args.repeats)
     print("| tensor | clone | quantize_tensor (4 bits, bucket 256) | ratio (target <= 4x) |")
     print("|---|---|---|---|")
