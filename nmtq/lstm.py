@@ -121,7 +121,9 @@ class LstmCache(Cache):
     there. ``generate`` relies on it through the documented ``Cache`` protocol alone (transformers 5.0 to 5.24):
 
     - it passes the cache to ``forward`` (the argument ``cache``, called ``past_key_values`` before 5.24) and takes
-      the one ``forward`` returns for the next step;
+      the one ``forward`` returns in its output for the next step. Before the first step it may pass an empty
+      cache of its own (``DynamicCache``, ``EncoderDecoderCache``): any empty ``Cache`` means nothing was decoded
+      yet, and ``forward`` starts from the encoder's bridged state;
     - ``get_seq_length`` tells it how many target tokens the state has read, so that it feeds only the new one;
     - beam search calls ``reorder_cache`` with the surviving beams; ``batch_repeat_interleave`` and
       ``batch_select_indices`` expand or select rows;
