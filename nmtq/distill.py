@@ -38,9 +38,9 @@ from .methods import (
     method_callbacks,
     prepare_quantizer,
 )
-from .models import enable_generation_cache, load_model
+from .models import decoder_inputs_from_labels, enable_generation_cache, load_model
 from .quant import QuantizerConfig, SizeReport
-from .student import make_student
+from .student import depth, make_student
 from .teacher_cache import TopKCache, cache_directory, cache_top_k, cache_translations, teacher_fingerprint
 from .tokenizer import load_tokenizer
 from .train import (
@@ -164,16 +164,25 @@ class DistillationCollator:
     """
 
     def __init__(self, tokenizer, model, top_k: dict[str, TopKCache] | None = None) -> None:
+        self.model = model
         self.pad = DataCollatorForSeq2Seq(tokenizer, model=model)
         self.top_k = top_k or {}
 
+    def _padded(self, features: list[dict]) -> dict:
+        """``DataCollatorForSeq2Seq``'s batch, with ``decoder_input_ids`` for every family (M2M100 and NLLB have
+        no ``prepare_decoder_input_ids_from_labels``, so the collator leaves them out)."""
+        batch = self.pad(features)
+        if "labels" in batch and "decoder_input_ids" not in batch:
+            batch["decoder_input_ids"] = decoder_inputs_from_labels(self.model, batch["labels"])
+        return batch
+
     def __call__(self, features: list[dict]) -> dict:
-        batch = self.pad([{k: f[k] for k in ("input_ids", "attention_mask", "labels") if k in f} for f in features])
+        batch = self._padded([{k: f[k] for k in ("input_ids", "attention_mask", "labels") if k in f}
+                              for f in features])
         if "teacher_labels" in features[0]:
-            sequence = self.pad([{"input_ids": f["input_ids"], "labels": f["teacher_labels"]} for f in features])
+            sequence = self._padded([{"input_ids": f["input_ids"], "labels": f["teacher_labels"]} for f in features])
             batch["sequence_labels"] = sequence["labels"]
-            if "decoder_input_ids" in sequence:
-                batch["sequence_decoder_input_ids"] = sequence["decoder_input_ids"]
+            batch["sequence_decoder_input_ids"] = sequence["decoder_input_ids"]
         for stream, cache in self.top_k.items():
             prefix = "" if stream == "labels" else "sequence_"
             length = batch[prefix + "labels"].shape[1]
@@ -227,7 +236,7 @@ def distill(data_args: DataArguments, distill_args: DistillArguments, quant_conf
     teacher, tokenizer = load_model(distill_args.teacher), load_tokenizer(distill_args.teacher)
     student = build_student(distill_args, teacher)
     log(f"teacher {sum(p.numel() for p in teacher.parameters()):,} parameters; {type(student).__name__} student "
-        f"{student.config.encoder_layers}+{student.config.decoder_layers} layers, "
+        f"{'+'.join(map(str, depth(student.config)))} layers, "
         f"{sum(p.numel() for p in student.parameters()):,} parameters; method {distill_args.method}")
     teacher_size = fp32_size(teacher)
     keep = ("source",) if distill_args.sequence_kd else ()
@@ -285,7 +294,7 @@ def teacher_targets(train_set, teacher, tokenizer, student, data_args: DataArgum
                 directory = cache_directory(root, f"top{distill_args.teacher_top_k}", teacher_id, inputs, targets)
                 caches[column] = cache_top_k(
                     teacher, [{"input_ids": i, "labels": t} for i, t in zip(inputs, targets)],
-                    DataCollatorForSeq2Seq(tokenizer, model=student), directory, k=distill_args.teacher_top_k,
+                    DistillationCollator(tokenizer, student), directory, k=distill_args.teacher_top_k,
                     batch_size=training_args.per_device_eval_batch_size, **shared)
         train_set = train_set.add_column("example_id", list(range(len(train_set))))
         log(f"training from the teacher's cached top-{distill_args.teacher_top_k} log-probabilities")
@@ -324,7 +333,7 @@ def _finish(student, tokenizer, quantizer, teacher_size: SizeReport, test_set, d
         metrics = score_test_split(student, tokenizer, test_set, data_args, training_args, log)
         metrics.update(teacher=distill_args.teacher, data=data_args.spec("train"), method=distill_args.method,
                        **finished.metrics(teacher_size),
-                       encoder_layers=student.config.encoder_layers, decoder_layers=student.config.decoder_layers,
+                       **dict(zip(("encoder_layers", "decoder_layers"), depth(student.config))),
                        sequence_kd=distill_args.sequence_kd, teacher_top_k=distill_args.teacher_top_k,
                        alternate_every=distill_args.alternate_every)
         write_json_atomic(output_dir / "test" / "metrics.json", metrics)

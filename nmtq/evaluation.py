@@ -99,8 +99,9 @@ def translate(model: Any, tokenizer: Any, sources: list[str], num_beams: int = 4
 
 def _summed_nll(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> float:
     """Sum over all non-padding target tokens of -log p(token | source, previous tokens)."""
-    # decoder inputs built by the model's own shift: FSMT would shift the *source* if only labels were passed
-    decoder_input_ids = model.prepare_decoder_input_ids_from_labels(labels=labels.clone())
+    from .models import decoder_inputs_from_labels
+
+    decoder_input_ids = decoder_inputs_from_labels(model, labels)
     logits = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids).logits
     nll = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100,
                                             reduction="sum")

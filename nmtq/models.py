@@ -86,3 +86,29 @@ def freeze_fixed_tables(model) -> None:
     for module in model.modules():
         if "Sinusoidal" in type(module).__name__:
             module.requires_grad_(False)
+
+
+def decoder_inputs_from_labels(model, labels):
+    """Teacher-forcing decoder inputs for ``labels`` (-100 where ignored), as ``model`` itself shifts them.
+
+    The model's own ``prepare_decoder_input_ids_from_labels`` where it has one (Marian, BART, mBART, FSMT, T5,
+    nmtq's LSTM; FSMT would shift the *source* if given only labels); otherwise (M2M100, NLLB) the labels
+    shifted right behind ``config.decoder_start_token_id``, with -100 read as ``config.pad_token_id``, which is
+    what such a model's ``forward`` does with ``labels`` alone.
+
+    Example:
+        >>> import torch
+        >>> from transformers import M2M100Config, M2M100ForConditionalGeneration
+        >>> model = M2M100ForConditionalGeneration(M2M100Config(vocab_size=20, d_model=8, encoder_layers=1,
+        ...     decoder_layers=1, encoder_attention_heads=1, decoder_attention_heads=1, encoder_ffn_dim=8,
+        ...     decoder_ffn_dim=8, pad_token_id=1, decoder_start_token_id=2))
+        >>> decoder_inputs_from_labels(model, torch.tensor([[5, 6, -100]])).tolist()
+        [[2, 5, 6]]
+    """
+    if hasattr(model, "prepare_decoder_input_ids_from_labels"):
+        return model.prepare_decoder_input_ids_from_labels(labels=labels.clone())
+    config = model.config
+    shifted = labels.new_full(labels.shape, config.decoder_start_token_id)
+    shifted[:, 1:] = labels[:, :-1]
+    return shifted.masked_fill(shifted == -100, config.pad_token_id)
+

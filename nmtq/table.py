@@ -189,6 +189,7 @@ def make_table(args: TableArguments) -> dict:
     teacher_argv, teacher_dir, runs = plan(args)
     from .methods import fp32_size
     from .models import load_model
+    from .student import depth
 
     out = Path(args.output_dir)
     started, total = time.monotonic(), len(runs) + 1
@@ -202,8 +203,9 @@ def make_table(args: TableArguments) -> dict:
     teacher, seconds = _call(teacher_argv, teacher_dir, "teacher", log)
     if args.task == "translation":  # nmtq train's metrics carry no size: measure the saved teacher
         model = load_model(teacher_dir)
-        teacher = {**teacher, "bytes": fp32_size(model).total_bytes, "encoder_layers": model.config.encoder_layers,
-                   "decoder_layers": model.config.decoder_layers}
+        encoder_layers, decoder_layers = depth(model.config)
+        teacher = {**teacher, "bytes": fp32_size(model).total_bytes, "encoder_layers": encoder_layers,
+                   "decoder_layers": decoder_layers}
     rows = [{"name": "teacher fp32", "student": "teacher", "method": "teacher", "bits": 32, "shape": shape(teacher),
              "bytes": teacher["bytes"], "ratio_vs_fp32_teacher": 1.0, "seconds": seconds,
              **{k: teacher[k] for k in keys}}]
