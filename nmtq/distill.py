@@ -44,6 +44,7 @@ from .student import depth, make_student
 from .teacher_cache import TopKCache, cache_directory, cache_top_k, cache_translations, teacher_fingerprint
 from .tokenizer import load_tokenizer
 from .train import (
+    check_ids_fit,
     load_splits,
     main_process_logger,
     resolve_checkpoint,
@@ -241,6 +242,7 @@ def distill(data_args: DataArguments, distill_args: DistillArguments, quant_conf
     teacher_size = fp32_size(teacher)
     keep = ("source",) if distill_args.sequence_kd else ()
     train_set = tokenize(splits["train"], tokenizer, data_args.max_source_length, data_args.max_target_length, keep)
+    check_ids_fit(teacher, train_set, f"the teacher {distill_args.teacher}")
 
     # --mean_bits measures gradients on ids and labels only (DistillationCollator drops the kept source texts)
     quantizer = prepare_quantizer(student, distill_args, quant_config, log, teacher, train_set,

@@ -102,6 +102,21 @@ def tokenize(dataset, tokenizer, max_source_length: int, max_target_length: int,
         input_columns=["input_ids", "labels"], desc="length filter")
 
 
+def check_ids_fit(model, dataset, name: str) -> None:
+    """One-line errors for token ids ``model`` has no row for: a source id beyond its input embeddings (a tokenizer
+    that is not the model's), or a label beyond its output layer (targets encoded in another vocabulary than the
+    one it predicts, as FSMT's tokenizer does with separate source and target dictionaries)."""
+    checks = (("input_ids", "source", model.get_input_embeddings().weight.shape[0], "input embeddings"),
+              ("labels", "target", model.get_output_embeddings().weight.shape[0], "output ids"))
+    for column, side, rows, what in checks:
+        top = max((max(ids) for ids in dataset[column] if ids), default=-1)
+        if top >= rows:
+            raise ValueError(f"the tokenizer encodes a {side} token as id {top}, but {name} has {rows:,} {what}: "
+                             f"the tokenizer does not match the model's {side} vocabulary; use the model's own "
+                             "tokenizer (FSMT teachers with separate source and target dictionaries are not "
+                             "supported yet)")
+
+
 def last_complete_checkpoint(output_dir: str, last_file: str = "trainer_state.json") -> str | None:
     """The newest ``checkpoint-N`` whose ``last_file`` is whole JSON: by default ``trainer_state.json``, which the
     Trainer writes last and not atomically; a run killed while saving leaves a partial directory or a truncated

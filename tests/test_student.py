@@ -4,9 +4,13 @@ generation config, decoder inputs, and the one-line refusal of a family nmtq doe
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 from transformers import (
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
     BartConfig,
     BartForConditionalGeneration,
     FSMTConfig,
@@ -25,6 +29,7 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
+from nmtq.cli import main
 from nmtq.models import decoder_inputs_from_labels
 from nmtq.student import depth, make_student
 
@@ -164,3 +169,48 @@ def test_a_family_nmtq_does_not_know_is_refused_in_one_line():
     message = str(err.value)
     assert "\n" not in message and "'pegasus'" in message and "--student_name_or_path" in message
     assert "m2m_100" in message and "t5" in message
+
+
+@pytest.fixture(scope="session")
+def family_teacher(tmp_path_factory):
+    from families import cached_family
+
+    return functools.partial(cached_family, tmp_path_factory)
+
+
+def pairs_file(path, pairs) -> str:
+    path.write_text("".join(f"{de}\t{en}\n" for de, en in pairs), encoding="utf-8")
+    return f"tsv:{path}"
+
+
+DISTILL = ("--method", "kd", "--student_encoder_layers", "1", "--student_decoder_layers", "1", "--max_steps", "1",
+           "--per_device_train_batch_size", "4", "--save_strategy", "no", "--report_to", "none", "--use_cpu", "true")
+
+
+def test_targets_encoded_outside_the_teachers_output_vocabulary_are_refused_before_anything_is_written(
+        family_teacher, tmp_path, capsys):
+    # FSMT's tokenizer encodes text_target with the source dictionary (as facebook/wmt19-de-en's does), whose ids
+    # run past the 128 target ids its model predicts
+    spec = family_teacher("fsmt")
+    out = tmp_path / "never"
+    assert main(["distill", "--data", pairs_file(tmp_path / "pairs.tsv", spec.pairs), "--teacher",
+                 str(spec.directory), "--output_dir", str(out), *DISTILL]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "encodes a target token as id" in error and "has 128 output ids" in error and not out.exists()
+
+
+def test_a_tokenizer_that_is_not_the_models_is_refused_before_anything_is_written(family_teacher, tmp_path, capsys):
+    marian, nllb = family_teacher("marian"), family_teacher("nllb")
+    teacher = tmp_path / "teacher"
+    model = AutoModelForSeq2SeqLM.from_pretrained(marian.directory)
+    model.save_pretrained(teacher)
+    tokenizer = AutoTokenizer.from_pretrained(nllb.directory, src_lang="zul_Latn")
+    tokenizer.save_pretrained(teacher)  # NLLB's tokenizer beside a Marian model: its last codes lie past its rows
+    rows = model.get_input_embeddings().weight.shape[0]
+    assert tokenizer("ein Haus")["input_ids"][0] == tokenizer.convert_tokens_to_ids("zul_Latn") >= rows
+    out = tmp_path / "never"
+    assert main(["distill", "--data", pairs_file(tmp_path / "pairs.tsv", marian.pairs), "--teacher", str(teacher),
+                 "--output_dir", str(out), *DISTILL]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "encodes a source token as id" in error and f"has {rows:,} input embeddings" in error
+    assert not out.exists()
