@@ -80,6 +80,14 @@ def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--split", default="test", choices=("train", "validation", "test"))
     parser.add_argument("--source-lang", default="de")
     parser.add_argument("--target-lang", default="en")
+    parser.add_argument("--source-lang-code", default=None,
+                        help="A multilingual tokenizer's source code (NLLB deu_Latn, mBART-50 de_DE, M2M100 de; "
+                             "default: the code of --source-lang).")
+    parser.add_argument("--target-lang-code", default=None,
+                        help="Its target code, forced as the first generated token (default: the code of "
+                             "--target-lang).")
+    parser.add_argument("--source-prefix", default=None,
+                        help="T5's task prefix before every source (default: the model's task_specific_params).")
     parser.add_argument("--num-beams", type=_positive_int, default=4)
     parser.add_argument("--max-new-tokens", type=_positive_int, default=128)
     parser.add_argument("--batch-size", type=_positive_int, default=32)
@@ -105,6 +113,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         max_length=args.max_length, num_beams=args.num_beams, max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size, output_dir=args.output_dir or f"{args.model_dir}/eval-{args.split}",
         engine=args.engine, compute_type=args.compute_type, inter_threads=args.inter_threads,
+        source_lang_code=args.source_lang_code, target_lang_code=args.target_lang_code,
+        source_prefix=args.source_prefix,
     )
     print(format_metrics(metrics))
     return 0

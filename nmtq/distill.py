@@ -27,6 +27,7 @@ import torch
 from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer
 
 from .args import DataArguments, NmtTrainingArguments
+from .conventions import apply_conventions, resolve_conventions
 from .export import CODES_FILE, save_codes
 from .io import write_json_atomic
 from .losses import TopK, distillation_loss
@@ -51,6 +52,7 @@ from .train import (
     score_test_split,
     time_budget,
     tokenize,
+    with_prefix,
 )
 
 
@@ -82,6 +84,15 @@ class DistillArguments(MethodArguments):
                                         "else OUTPUT_DIR/teacher-cache)."})
     cache_shard_size: int = field(default=2048, metadata={"help": "Examples per teacher-cache shard (each shard is "
                                                                   "written atomically: the unit of resumption)."})
+    source_lang_code: str | None = field(
+        default=None, metadata={"help": "The teacher tokenizer's code of the source language: NLLB deu_Latn, "
+                                        "mBART-50 de_DE, M2M100 de (default: the code of source_lang)."})
+    target_lang_code: str | None = field(
+        default=None, metadata={"help": "The code of the target language, also forced as the first generated token "
+                                        "(default: the code of target_lang)."})
+    source_prefix: str | None = field(
+        default=None, metadata={"help": "Text put before every source: T5's task prefix, e.g. 'translate German to "
+                                        "English: ' (default: the teacher's task_specific_params for the pair)."})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -235,7 +246,12 @@ def distill(data_args: DataArguments, distill_args: DistillArguments, quant_conf
     checkpoint = resolve_checkpoint(training_args, distill_args.checkpoint_last_file)
     splits = load_splits(data_args, log)
     teacher, tokenizer = load_model(distill_args.teacher), load_tokenizer(distill_args.teacher)
+    conventions = resolve_conventions(tokenizer, teacher.config, teacher.generation_config, data_args.source_lang,
+                                      data_args.target_lang, distill_args.source_lang_code,
+                                      distill_args.target_lang_code, distill_args.source_prefix)
     student = build_student(distill_args, teacher)
+    apply_conventions(conventions, tokenizer, teacher, student)  # the student carries them when saved
+    splits = {name: with_prefix(split, conventions) for name, split in splits.items()}
     log(f"teacher {sum(p.numel() for p in teacher.parameters()):,} parameters; {type(student).__name__} student "
         f"{'+'.join(map(str, depth(student.config)))} layers, "
         f"{sum(p.numel() for p in student.parameters()):,} parameters; method {distill_args.method}")

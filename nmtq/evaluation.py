@@ -54,10 +54,18 @@ def _length_sorted_batches(lengths: Sequence[int], batch_size: int) -> Iterator[
         yield order[start:start + batch_size]
 
 
-def _max_source_length(model: Any, tokenizer: Any) -> int:
-    """The longest input both the tokenizer and the model's position embeddings accept."""
+def _max_source_length(model: Any, tokenizer: Any) -> int | None:
+    """The longest input both the tokenizer and the model's position embeddings accept; None for no limit (T5's
+    relative positions, and a tokenizer whose ``model_max_length`` is transformers' "unset" of 1e30)."""
     limits = [tokenizer.model_max_length, getattr(model.config, "max_position_embeddings", None)]
-    return min(limit for limit in limits if limit)
+    limits = [limit for limit in limits if limit and limit < 2**31]
+    return min(limits) if limits else None
+
+
+def _truncation(model: Any, tokenizer: Any) -> dict[str, Any]:
+    """The tokenizer's truncation arguments for ``model``: none where it has no length limit."""
+    limit = _max_source_length(model, tokenizer)
+    return {"truncation": True, "max_length": limit} if limit else {}
 
 
 def _pad(rows: Sequence[Sequence[int]], value: int) -> torch.Tensor:
@@ -85,7 +93,7 @@ def translate(model: Any, tokenizer: Any, sources: list[str], num_beams: int = 4
     """
     if not sources:
         return []
-    input_ids = tokenizer(list(sources), truncation=True, max_length=_max_source_length(model, tokenizer))["input_ids"]
+    input_ids = tokenizer(list(sources), **_truncation(model, tokenizer))["input_ids"]
     hypotheses: list[str] = [""] * len(sources)
     with _eval_mode(model), _progress(len(sources), "translate", progress) as bar:
         for batch in _length_sorted_batches([len(ids) for ids in input_ids], batch_size):
@@ -122,8 +130,7 @@ def perplexity(model: Any, tokenizer: Any, sources: list[str], references: list[
     _check_lengths(sources, {"references": references})
     if not sources:
         raise ValueError("perplexity of no sentences: pass at least one source/reference pair")
-    encoded = tokenizer(list(sources), text_target=list(references), truncation=True,
-                        max_length=_max_source_length(model, tokenizer))
+    encoded = tokenizer(list(sources), text_target=list(references), **_truncation(model, tokenizer))
     total_nll, total_tokens = 0.0, 0
     with _eval_mode(model), _progress(len(sources), "perplexity", progress) as bar:
         for batch in _length_sorted_batches([len(ids) for ids in encoded["labels"]], batch_size):
@@ -268,7 +275,8 @@ def evaluate_directory(model_dir: str | os.PathLike, data_spec: str, split: str 
                        num_beams: int = 4, max_new_tokens: int = 128, batch_size: int = 32,
                        output_dir: str | os.PathLike | None = None, device: str | None = None,
                        progress: bool = True, engine: str = "transformers",
-                       compute_type: str = "int8", inter_threads: int = 1) -> dict[str, Any]:
+                       compute_type: str = "int8", inter_threads: int = 1, source_lang_code: str | None = None,
+                       target_lang_code: str | None = None, source_prefix: str | None = None) -> dict[str, Any]:
     """Load a saved model and tokenizer, load ``split`` of ``data_spec`` through ``nmtq.data``, and evaluate.
 
     ``engine="ctranslate2"`` decodes with CTranslate2 (``compute_type`` int8, float32, ...; ``inter_threads`` batches
@@ -278,15 +286,23 @@ def evaluate_directory(model_dir: str | os.PathLike, data_spec: str, split: str 
     ``max_words`` is passed to ``load_corpus`` (``None``: no cleaning by word count). ``max_length`` then keeps
     only the pairs whose source and target each have at most that many tokenizer pieces; ``metrics["data"]`` says
     how many pairs were read and kept, with the cleaning report. ``device`` defaults to CUDA when available.
+    The family's conventions (language codes, the forced target code, T5's prefix) come from the model and its
+    tokenizer, or from ``source_lang_code``, ``target_lang_code`` and ``source_prefix``
+    (:func:`nmtq.conventions.resolve_conventions`).
 
     Example:
         >>> evaluate_directory("runs/teacher", "bible", max_length=30, output_dir="runs/teacher/eval")  # doctest: +SKIP
     """
+    from .conventions import Conventions, apply_conventions, resolve_conventions
     from .models import load_model
     from .tokenizer import load_tokenizer
 
     model_dir = Path(model_dir)
+    conventions = Conventions()
     if engine == "ctranslate2":
+        if source_lang_code or target_lang_code or source_prefix:
+            raise ValueError("language codes and source prefixes are applied with engine='transformers' only, so "
+                             "far: evaluate with --engine transformers")
         from .ct2 import Ct2Translator
 
         translator = Ct2Translator(model_dir, compute_type=compute_type, inter_threads=inter_threads)  # checks it
@@ -299,6 +315,9 @@ def evaluate_directory(model_dir: str | os.PathLike, data_spec: str, split: str 
         tokenizer = load_tokenizer(model_dir)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         model = load_model(model_dir).to(device)
+        conventions = resolve_conventions(tokenizer, model.config, model.generation_config, source_lang, target_lang,
+                                          source_lang_code, target_lang_code, source_prefix)
+        apply_conventions(conventions, tokenizer, model)
     else:
         raise ValueError(f"engine={engine!r}: pass 'transformers' or 'ctranslate2'")
     from .data import load_corpus  # imported on use: the rest of this module works without the data module
@@ -312,6 +331,7 @@ def evaluate_directory(model_dir: str | os.PathLike, data_spec: str, split: str 
     if not sources:
         raise ValueError(f"no pairs of {data_spec!r} ({split}) left to evaluate out of {num_pairs}: "
                          f"raise max_length (now {max_length}) or check the data")
+    sources = conventions.prefixed(sources)
     if engine == "ctranslate2":
         from .ct2 import evaluate_ctranslate2
 

@@ -102,6 +102,14 @@ def tokenize(dataset, tokenizer, max_source_length: int, max_target_length: int,
         input_columns=["input_ids", "labels"], desc="length filter")
 
 
+def with_prefix(dataset, conventions):
+    """``dataset`` with the conventions' prefix (T5's task prefix) put before every ``source``."""
+    if not conventions.prefix:
+        return dataset
+    return dataset.map(lambda batch: {"source": conventions.prefixed(batch["source"])}, batched=True,
+                       desc="source prefix")
+
+
 def check_ids_fit(model, dataset, name: str) -> None:
     """One-line errors for token ids ``model`` has no row for: a source id beyond its input embeddings (a tokenizer
     that is not the model's), or a label beyond its output layer (targets encoded in another vocabulary than the

@@ -210,7 +210,7 @@ def test_a_tokenizer_that_is_not_the_models_is_refused_before_anything_is_writte
     assert tokenizer("ein Haus")["input_ids"][0] == tokenizer.convert_tokens_to_ids("zul_Latn") >= rows
     out = tmp_path / "never"
     assert main(["distill", "--data", pairs_file(tmp_path / "pairs.tsv", marian.pairs), "--teacher", str(teacher),
-                 "--output_dir", str(out), *DISTILL]) == 2
+                 "--output_dir", str(out), "--source_lang_code", "zul_Latn", *DISTILL]) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert "encodes a source token as id" in error and f"has {rows:,} input embeddings" in error
     assert not out.exists()
