@@ -110,3 +110,54 @@ def test_distil_then_evaluate_with_the_familys_conventions(name, family, tmp_pat
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["num_sentences"] == len(spec.pairs)
     capsys.readouterr()
+
+
+@pytest.fixture(scope="module")
+def family_runs(family, tmp_path_factory):
+    """Every method distilled from each family's replica, once per module: ``{family: {method: output_dir}}``."""
+    runs: dict = {}
+
+    def run(name: str) -> dict:
+        if name not in runs:
+            spec = family(name)
+            root = tmp_path_factory.mktemp(f"runs-{name}")
+            data = root / "pairs.tsv"
+            data.write_text("".join(f"{de}\t{en}\n" for de, en in spec.pairs), encoding="utf-8")
+            prefix = ["--source_prefix", T5_PREFIX] if name == "t5" else []
+            common = ["--data", f"tsv:{data}", "--teacher", str(spec.directory), *DISTILL, *prefix,
+                      "--bits", "4", "--bucket_size", "16"]
+            plans = {"fp": ["--method", "fp"],
+                     "kd": ["--method", "kd", "--teacher_top_k", "4"],
+                     "qd": ["--method", "qd", "--sequence_kd", "0.5"],
+                     "ptq": ["--method", "ptq", "--student_name_or_path", str(root / "kd")],
+                     "dq": ["--method", "dq", "--student_name_or_path", str(root / "kd")]}
+            runs[name] = {}
+            for method, extra in plans.items():
+                assert main(["distill", *common, "--output_dir", str(root / method), *extra]) == 0, (name, method)
+                runs[name][method] = root / method
+        return runs[name]
+
+    return run
+
+
+@pytest.mark.parametrize("name", ["marian", "bart", "mbart50", "m2m100", "nllb", "t5"])
+def test_every_method_distils_each_family_and_the_export_gives_the_students_logits(name, family_runs, tmp_path):
+    from nmtq.export import export_model, load_exported
+    from nmtq.models import decoder_inputs_from_labels, load_model
+    from nmtq.student import depth
+
+    runs = family_runs(name)
+    for method, out in runs.items():
+        metrics = json.loads((out / "test" / "metrics.json").read_text())
+        assert metrics["method"] == method and (metrics["encoder_layers"], metrics["decoder_layers"]) == (2, 1)
+        assert depth(load_model(out).config) == (2, 1)
+    export_model(runs["qd"], tmp_path / "export")
+    exported, tokenizer = load_exported(tmp_path / "export")
+    student = load_model(runs["qd"]).eval()
+    batch = tokenizer(["ein Haus", "das Buch ist alt"], padding=True, return_tensors="pt")
+    targets = tokenizer(text_target=["a house", "the book is old"], padding=True, return_tensors="pt")["input_ids"]
+    decoder_input_ids = decoder_inputs_from_labels(student, targets)
+    with torch.no_grad():
+        ours = exported(**batch, decoder_input_ids=decoder_input_ids).logits
+        theirs = student(**batch, decoder_input_ids=decoder_input_ids).logits
+    assert torch.equal(ours, theirs)
