@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,6 @@ from .quant.functional import encode_tensor, max_code
 SUPPORTED_MODEL_TYPES = ("marian", "bart")
 INT8_QUANTIZATIONS = ("int8", "int8_float32", "int8_float16", "int8_bfloat16")
 QUANTIZATIONS = (*INT8_QUANTIZATIONS, "int16", "float16", "bfloat16", "float32")
-TOKENIZER_FILES = ("source.spm", "target.spm", "vocab.json", "tokenizer_config.json", "special_tokens_map.json")
 INFO_FILE = "nmtq_ct2.json"
 _FORMAT = "nmtq.ctranslate2.v1"
 
@@ -211,13 +211,18 @@ def convert_to_ctranslate2(model_dir: str | os.PathLike, out_dir: str | os.PathL
     ct2 = _require_ctranslate2()
     model, tokenizer = _load(model_dir)
     spec = _model_spec(model, tokenizer)
-    for name in TOKENIZER_FILES:  # the folder is all a translator needs: model, vocabulary and tokenizer
-        if (model_dir / name).is_file():
-            spec.register_file(str(model_dir / name))
+    # the folder is all a translator needs: model, vocabulary and every file the tokenizer saves (a Marian
+    # tokenizer's SentencePiece models, BART's vocab.json and merges.txt, or a tokenizer.json)
+    saved = Path(tempfile.mkdtemp(prefix=".nmtq-tokenizer-"))
+    tokenizer.save_pretrained(saved)
+    for path in sorted(saved.iterdir()):
+        spec.register_file(str(path))
     forced_eos = getattr(model.generation_config, "forced_eos_token_id", None) is not None
+    forced_bos = getattr(model.generation_config, "forced_bos_token_id", None)  # BART's <s>: a target prefix here
     info = {"format": _FORMAT, "model_type": model_type, "quantization": quantization, "int8_bits": int8_bits,
             "source": str(model_dir), "max_source_length": _max_source_length(model, tokenizer),
-            "forced_eos": forced_eos}
+            "forced_eos": forced_eos,
+            "forced_bos_token": None if forced_bos is None else tokenizer.convert_ids_to_tokens(forced_bos)}
 
     class SpecConverter(ct2.converters.Converter):
         def _load(self):
@@ -231,7 +236,10 @@ def convert_to_ctranslate2(model_dir: str | os.PathLike, out_dir: str | os.PathL
         SpecConverter().convert(str(tmp), quantization=None if int8_bits else quantization, force=True)
         write_json_atomic(tmp / INFO_FILE, info)
 
-    _write_dir(out_dir, write)
+    try:
+        _write_dir(out_dir, write)
+    finally:
+        shutil.rmtree(saved, ignore_errors=True)
     return out_dir
 
 
@@ -272,6 +280,7 @@ class Ct2Translator:
         self.tokenizer = load_tokenizer(model_dir)
         self.max_source_length: int = info.get("max_source_length", self.tokenizer.model_max_length)
         self.forced_eos: bool = info.get("forced_eos", False)
+        self.forced_bos_token: str | None = info.get("forced_bos_token")
         torch_threads = torch.get_num_threads()  # CTranslate2 sets the calling thread's OpenMP count, torch's too
         try:
             self.translator = ct2.Translator(str(model_dir), device=device, compute_type=self.compute_type,
@@ -304,9 +313,11 @@ class Ct2Translator:
         max_length = max_new_tokens - int(self.forced_eos)
         if not sources or max_length == 0:  # transformers' only token is then the forced </s>
             return [""] * len(sources)
+        # the token generate forces first (forced_bos_token_id) is CTranslate2's target prefix, one of the steps
+        prefix = None if self.forced_bos_token is None else [[self.forced_bos_token]] * len(sources)
         results = self.translator.translate_batch(
             self._source_tokens(sources), beam_size=num_beams, max_batch_size=batch_size, max_input_length=0,
-            max_decoding_length=max_length, min_decoding_length=0)
+            max_decoding_length=max_length, min_decoding_length=0, target_prefix=prefix)
         ids = [self.tokenizer.convert_tokens_to_ids(result.hypotheses[0]) for result in results]
         return self.tokenizer.batch_decode(ids, skip_special_tokens=True)
 

@@ -387,3 +387,21 @@ def test_export_notes_the_saturation_with_8_bit_codes(marian, tmp_path, capsys, 
     assert "--int8-bits 7" in capsys.readouterr().err
     assert main(["export", str(marian), str(tmp_path / "ct2-7"), "--ctranslate2", "--int8-bits", "7"]) == 0
     assert "note" not in capsys.readouterr().err
+
+
+def test_a_bart_teacher_with_a_byte_level_tokenizer_and_a_forced_first_token_converts(tmp_path_factory, tmp_path):
+    # facebook/bart-large's layout (tests/families.py): tokenizer.json and merges, forced <s> after the start token
+    from families import cached_family
+
+    spec = cached_family(tmp_path_factory, "bart")
+    model, tokenizer = load_model(spec.directory), load_tokenizer(spec.directory)
+    assert model.generation_config.forced_bos_token_id == 0
+    out = convert_to_ctranslate2(spec.directory, tmp_path / "ct2", "float32")
+    assert (out / "tokenizer.json").is_file()  # the translator needs the tokenizer's own files
+    sources = [de for de, _ in spec.pairs[:8]]
+    translator = Ct2Translator(out, compute_type="float32")
+    expected = translate(model, tokenizer, sources, num_beams=1, max_new_tokens=6, progress=False)
+    assert translator.translate(sources, num_beams=1, max_new_tokens=6) == expected
+    results = translator.translator.translate_batch(translator._source_tokens(sources[:1]), beam_size=1,
+                                                    max_decoding_length=3, target_prefix=[["<s>"]])
+    assert results[0].hypotheses[0][0] == "<s>"  # the forced token comes first, as in generate
