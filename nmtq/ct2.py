@@ -43,6 +43,7 @@ from .env import parse_cpuinfo, read_cpuinfo
 from .evaluation import _check_lengths, _check_model_dir, _max_source_length, evaluate_with
 from .io import write_json_atomic
 from .quant.functional import encode_tensor, max_code
+from .tokenizer import encode_targets
 
 SUPPORTED_MODEL_TYPES = ("marian", "bart")
 INT8_QUANTIZATIONS = ("int8", "int8_float32", "int8_float16", "int8_bfloat16")
@@ -330,7 +331,7 @@ class Ct2Translator:
         _check_lengths(sources, {"references": references})
         if not sources:
             raise ValueError("perplexity of no sentences: pass at least one source/reference pair")
-        labels = self.tokenizer(text_target=list(references), truncation=True,
+        labels = encode_targets(self.tokenizer, list(references), truncation=True,
                                 max_length=self.max_source_length)["input_ids"]
         targets = [self.tokenizer.convert_ids_to_tokens(row[:-1]) for row in labels]  # CTranslate2 adds </s>
         results = self.translator.score_batch(self._source_tokens(sources), targets, max_batch_size=batch_size,

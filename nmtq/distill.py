@@ -43,7 +43,7 @@ from .models import decoder_inputs_from_labels, enable_generation_cache, load_mo
 from .quant import QuantizerConfig, SizeReport
 from .student import depth, make_student
 from .teacher_cache import TopKCache, cache_directory, cache_top_k, cache_translations, teacher_fingerprint
-from .tokenizer import load_tokenizer
+from .tokenizer import encode_targets, load_tokenizer
 from .train import (
     check_ids_fit,
     load_splits,
@@ -297,7 +297,7 @@ def teacher_targets(train_set, teacher, tokenizer, student, data_args: DataArgum
         translations = cache_translations(teacher, tokenizer, sources, directory, num_beams=training_args.num_beams,
                                           max_new_tokens=training_args.max_new_tokens,
                                           batch_size=training_args.per_device_eval_batch_size, **shared)
-        targets = tokenizer(text_target=translations, truncation=True, max_length=data_args.max_target_length)
+        targets = encode_targets(tokenizer, translations, truncation=True, max_length=data_args.max_target_length)
         column = "labels" if distill_args.sequence_kd == 1 else "teacher_labels"
         train_set = train_set.remove_columns([c for c in ("source", column) if c in train_set.column_names])
         train_set = train_set.add_column(column, targets["input_ids"])

@@ -24,6 +24,7 @@ import torch
 
 from .env import environment
 from .io import write_json_atomic, write_text_atomic
+from .tokenizer import encode_targets
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 
@@ -130,7 +131,8 @@ def perplexity(model: Any, tokenizer: Any, sources: list[str], references: list[
     _check_lengths(sources, {"references": references})
     if not sources:
         raise ValueError("perplexity of no sentences: pass at least one source/reference pair")
-    encoded = tokenizer(list(sources), text_target=list(references), **_truncation(model, tokenizer))
+    encoded = tokenizer(list(sources), **_truncation(model, tokenizer))
+    encoded["labels"] = encode_targets(tokenizer, list(references), **_truncation(model, tokenizer))["input_ids"]
     total_nll, total_tokens = 0.0, 0
     with _eval_mode(model), _progress(len(sources), "perplexity", progress) as bar:
         for batch in _length_sorted_batches([len(ids) for ids in encoded["labels"]], batch_size):
@@ -225,7 +227,7 @@ def evaluate_with(translate_fn: Callable[[list[str]], list[str]],
     start = time.perf_counter()
     hypotheses = translate_fn(sources)
     seconds = time.perf_counter() - start
-    generated_tokens = sum(len(ids) for ids in tokenizer(text_target=hypotheses)["input_ids"])
+    generated_tokens = sum(len(ids) for ids in encode_targets(tokenizer, hypotheses)["input_ids"])
     metrics = {
         **corpus_scores(hypotheses, streams),
         "perplexity": perplexity_fn(sources, streams[0]),
@@ -265,7 +267,7 @@ def keep_short_pairs(tokenizer: Any, sources: list[str], targets: list[str],
                       max_length: int) -> tuple[list[str], list[str]]:
     """Keep the pairs whose source and target each have at most ``max_length`` pieces (``</s>`` not counted)."""
     source_ids = tokenizer(sources, add_special_tokens=False)["input_ids"]
-    target_ids = tokenizer(text_target=targets, add_special_tokens=False)["input_ids"]
+    target_ids = encode_targets(tokenizer, targets, add_special_tokens=False)["input_ids"]
     kept = [i for i in range(len(sources)) if len(source_ids[i]) <= max_length and len(target_ids[i]) <= max_length]
     return [sources[i] for i in kept], [targets[i] for i in kept]
 

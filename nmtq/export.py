@@ -160,8 +160,10 @@ def _check_vocab(model, tokenizer, where: Path) -> None:
     """The tokenizer's ids must all have a row, and its padding id must be the model's. A model may have more rows
     than the tokenizer has tokens: T5 pads its embeddings to a multiple of 128, M2M100 and NLLB carry unused ones."""
     rows = model.get_output_embeddings().weight.shape[0]
+    source_rows = model.get_input_embeddings().weight.shape[0]
+    targets = getattr(tokenizer, "tgt_vocab_size", None) or len(tokenizer)  # FSMT keeps two dictionaries
     pads = (tokenizer.pad_token_id, getattr(model.config, "pad_token_id", None))
-    if len(tokenizer) > rows or (None not in pads and pads[0] != pads[1]):
+    if len(tokenizer) > source_rows or targets > rows or (None not in pads and pads[0] != pads[1]):
         raise ValueError(f"{where}: the tokenizer has {len(tokenizer)} tokens (padding id {pads[0]}) but the model's "
                          f"vocabulary has {rows} (padding id {pads[1]}): the tokenizer files belong to another model; "
                          "put the student's own tokenizer files there")

@@ -106,3 +106,26 @@ def copy_tokenizer_files(source_dir: str | os.PathLike, output_dir: str | os.Pat
             tmp = output_dir / f".{name}.tmp"
             shutil.copyfile(src, tmp)
             os.replace(tmp, output_dir / name)
+
+
+def encode_targets(tokenizer, texts: list[str], truncation: bool = False, max_length: int | None = None,
+                   add_special_tokens: bool = True) -> dict[str, list[list[int]]]:
+    """``{"input_ids": ...}`` of ``texts`` as targets: ``tokenizer(text_target=texts, ...)``, except for FSMT.
+
+    transformers' FSMT tokenizer encodes ``text_target`` with the *source* dictionary and the source language's
+    Moses rules, so a teacher with separate dictionaries (facebook/wmt19-de-en) would get label ids from the wrong
+    vocabulary. Here FSMT targets take the target language's rules (``tokenize(text, lang=tgt_lang)``) and the
+    target dictionary (the one ``decode`` reads), then ``</s>``, as fairseq's target side does.
+    """
+    if type(tokenizer).__name__ != "FSMTTokenizer":
+        return tokenizer(text_target=list(texts), truncation=truncation, max_length=max_length,
+                         add_special_tokens=add_special_tokens)
+    target_ids = {token: index for index, token in tokenizer.decoder.items()}
+    # FSMT ends a sequence with its sep token, </s>, as build_inputs_with_special_tokens does
+    unknown, eos = target_ids[tokenizer.unk_token], target_ids[tokenizer.eos_token or tokenizer.sep_token]
+    rows = []
+    for text in texts:
+        ids = [target_ids.get(token, unknown) for token in tokenizer.tokenize(text, lang=tokenizer.tgt_lang)]
+        ids = ids + [eos] if add_special_tokens else ids
+        rows.append(ids[:max_length] if truncation and max_length else ids)
+    return {"input_ids": rows}

@@ -22,7 +22,7 @@ from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, TrainerCallback
 from .args import DataArguments, ModelArguments, NmtTrainingArguments
 from .io import write_json_atomic
 from .models import build_model, enable_generation_cache, load_model
-from .tokenizer import load_tokenizer, train_tokenizer
+from .tokenizer import encode_targets, load_tokenizer, train_tokenizer
 
 SPLITS = ("train", "validation", "test")
 
@@ -93,7 +93,7 @@ def tokenize(dataset, tokenizer, max_source_length: int, max_target_length: int,
     """Token ids and labels (and the ``keep_columns`` asked for); pairs longer than the limits are dropped, never
     truncated."""
     def encode(batch):
-        return tokenizer(batch["source"], text_target=batch["target"])
+        return {**tokenizer(batch["source"]), "labels": encode_targets(tokenizer, batch["target"])["input_ids"]}
 
     drop = [name for name in dataset.column_names if name not in keep_columns]
     encoded = dataset.map(encode, batched=True, remove_columns=drop, desc="tokenizing")
@@ -120,9 +120,8 @@ def check_ids_fit(model, dataset, name: str) -> None:
         top = max((max(ids) for ids in dataset[column] if ids), default=-1)
         if top >= rows:
             raise ValueError(f"the tokenizer encodes a {side} token as id {top}, but {name} has {rows:,} {what}: "
-                             f"the tokenizer does not match the model's {side} vocabulary; use the model's own "
-                             "tokenizer (FSMT teachers with separate source and target dictionaries are not "
-                             "supported yet)")
+                             f"the tokenizer does not match the model's {side} vocabulary (or its language "
+                             "codes); use the model's own tokenizer and codes")
 
 
 def last_complete_checkpoint(output_dir: str, last_file: str = "trainer_state.json") -> str | None:

@@ -187,16 +187,37 @@ DISTILL = ("--method", "kd", "--student_encoder_layers", "1", "--student_decoder
            "--per_device_train_batch_size", "4", "--save_strategy", "no", "--report_to", "none", "--use_cpu", "true")
 
 
+def test_an_fsmt_teacher_with_separate_dictionaries_is_distilled_with_target_ids(family_teacher, tmp_path):
+    # transformers' FSMT tokenizer encodes text_target with the source dictionary (154 ids here, as
+    # facebook/wmt19-de-en's does), past the 128 target ids its model predicts; nmtq encodes targets with the
+    # target dictionary and the target language's rules
+    from nmtq.tokenizer import encode_targets
+
+    spec = family_teacher("fsmt")
+    tokenizer = AutoTokenizer.from_pretrained(spec.directory)
+    english = [en for _, en in spec.pairs]
+    labels = encode_targets(tokenizer, english)["input_ids"]
+    assert max(map(max, labels)) < 128 <= max(map(max, tokenizer(text_target=english)["input_ids"]))
+    assert tokenizer.batch_decode(labels[:3], skip_special_tokens=True) == english[:3]
+    out = tmp_path / "student"
+    assert main(["distill", "--data", pairs_file(tmp_path / "pairs.tsv", spec.pairs), "--teacher",
+                 str(spec.directory), "--output_dir", str(out), *DISTILL]) == 0
+    assert (out / "model.safetensors").is_file()
+
+
 def test_targets_encoded_outside_the_teachers_output_vocabulary_are_refused_before_anything_is_written(
         family_teacher, tmp_path, capsys):
-    # FSMT's tokenizer encodes text_target with the source dictionary (as facebook/wmt19-de-en's does), whose ids
-    # run past the 128 target ids its model predicts
-    spec = family_teacher("fsmt")
+    marian, nllb = family_teacher("marian"), family_teacher("nllb")
+    teacher = tmp_path / "teacher"
+    model = AutoModelForSeq2SeqLM.from_pretrained(marian.directory)
+    model.save_pretrained(teacher)
+    AutoTokenizer.from_pretrained(nllb.directory).save_pretrained(teacher)  # NLLB's codes beside a Marian model
     out = tmp_path / "never"
-    assert main(["distill", "--data", pairs_file(tmp_path / "pairs.tsv", spec.pairs), "--teacher",
-                 str(spec.directory), "--output_dir", str(out), *DISTILL]) == 2
+    assert main(["distill", "--data", pairs_file(tmp_path / "pairs.tsv", marian.pairs), "--teacher", str(teacher),
+                 "--output_dir", str(out), "--target_lang_code", "zul_Latn", *DISTILL]) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "encodes a target token as id" in error and "has 128 output ids" in error and not out.exists()
+    rows = model.get_output_embeddings().weight.shape[0]
+    assert "encodes a target token as id" in error and f"has {rows:,} output ids" in error and not out.exists()
 
 
 def test_a_tokenizer_that_is_not_the_models_is_refused_before_anything_is_written(family_teacher, tmp_path, capsys):
