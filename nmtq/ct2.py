@@ -45,7 +45,7 @@ from .io import write_json_atomic
 from .quant.functional import encode_tensor, max_code
 from .tokenizer import encode_targets
 
-SUPPORTED_MODEL_TYPES = ("marian", "bart")
+SUPPORTED_MODEL_TYPES = ("marian", "bart", "mbart", "m2m_100", "t5", "mt5")
 INT8_QUANTIZATIONS = ("int8", "int8_float32", "int8_float16", "int8_bfloat16")
 QUANTIZATIONS = (*INT8_QUANTIZATIONS, "int16", "float16", "bfloat16", "float32")
 INFO_FILE = "nmtq_ct2.json"
@@ -86,7 +86,10 @@ def _load(model_dir: Path):
         model, tokenizer = load_model(model_dir).eval(), load_tokenizer(model_dir)
     rows = model.get_input_embeddings().num_embeddings
     ids = sorted(tokenizer.get_vocab().values())
-    if ids != list(range(rows)):
+    # T5 pads its rows to a multiple of 128 and M2M100 keeps unused ones, which CTranslate2's loaders name;
+    # elsewhere every row needs its token
+    padded = model.config.model_type in ("m2m_100", "t5", "mt5")
+    if ids != list(range(len(ids))) or len(ids) > rows or (len(ids) < rows and not padded):
         raise ValueError(f"{model_dir}: the tokenizer's {len(ids)} ids (from {ids[0]} to {ids[-1]}) do not number "
                          f"the model's {rows} embedding rows 0..{rows - 1}: save the model with the tokenizer it "
                          "was trained with")
@@ -94,20 +97,30 @@ def _load(model_dir: Path):
 
 
 def _model_spec(model, tokenizer):
-    """CTranslate2's BART mapping for both models, post-norm; Marian without BART's embedding layer norm."""
-    from ctranslate2.converters.transformers import BartLoader
+    """CTranslate2's mapping of the model's family (its Transformers converter's loader), decoding from the model's
+    own start token: Marian and BART post-norm (Marian without BART's embedding layer norm), mBART pre-norm with it,
+    M2M100 and NLLB pre-norm with sinusoidal positions, T5 and mT5 with relative positions."""
+    from ctranslate2.converters import transformers as loaders
 
-    class Loader(BartLoader):
+    model_type = model.config.model_type
+    base = {"marian": loaders.BartLoader, "bart": loaders.BartLoader, "mbart": loaders.MBartLoader,
+            "m2m_100": loaders.M2M100Loader, "t5": loaders.T5Loader, "mt5": loaders.T5Loader}[model_type]
+
+    class Loader(base):
         def set_config(self, config, model, tokenizer) -> None:
+            if model_type in ("t5", "mt5"):  # the BART family's base sets only what is set below, bos as None
+                super().set_config(config, model, tokenizer)
             config.eos_token, config.unk_token = tokenizer.eos_token, tokenizer.unk_token
             if tokenizer.bos_token is not None:
                 config.bos_token = tokenizer.bos_token
             # Marian starts from <pad>: its embedding, not CTranslate2's zero vector (start_from_zero_embedding)
             config.decoder_start_token = tokenizer.convert_ids_to_tokens(model.config.decoder_start_token_id)
 
-    # transformers 5 configs lack these two fields, which BartLoader reads (both models are post-norm)
-    model.config.normalize_before = False
-    model.config.normalize_embedding = model.config.model_type == "bart"
+    if model_type in ("marian", "bart", "mbart"):
+        # transformers 5 configs lack these two fields, which BartLoader reads (mBART is pre-norm, with the
+        # embedding layer norm; BART post-norm with it; Marian post-norm without it)
+        model.config.normalize_before = model_type == "mbart"
+        model.config.normalize_embedding = model_type in ("bart", "mbart")
     return Loader()(model, tokenizer)
 
 

@@ -195,7 +195,9 @@ def wider_embeddings(model_dir: Path, out: Path) -> Path:
 @pytest.mark.parametrize("make, message", [
     (lambda marian, tmp: tmp / "missing", "does not exist"),
     (lambda marian, tmp: lstm_dir(marian, tmp / "lstm"), "LSTM student, which CTranslate2 cannot run"),
-    (lambda marian, tmp: fsmt_dir(tmp / "fsmt"), "'fsmt' model; nmtq converts ('marian', 'bart')"),
+    (lambda marian, tmp: fsmt_dir(tmp / "fsmt"),
+     "'fsmt' model; nmtq converts ('marian', 'bart', 'mbart', 'm2m_100', 't5', 'mt5') to CTranslate2 (its "
+     "Transformers converter has no FSMT mapping)"),
     (lambda marian, tmp: wider_embeddings(marian, tmp / "wide"), "do not number the model's"),
 ], ids=["missing", "lstm", "fsmt", "vocabulary"])
 def test_models_it_cannot_convert(make, message, marian, tmp_path):
@@ -405,3 +407,29 @@ def test_a_bart_teacher_with_a_byte_level_tokenizer_and_a_forced_first_token_con
     results = translator.translator.translate_batch(translator._source_tokens(sources[:1]), beam_size=1,
                                                     max_decoding_length=3, target_prefix=[["<s>"]])
     assert results[0].hypotheses[0][0] == "<s>"  # the forced token comes first, as in generate
+
+
+@pytest.mark.parametrize("name", ["mbart50", "m2m100", "nllb", "t5"])
+def test_multilingual_and_t5_teachers_convert_and_decode_as_transformers_does(name, tmp_path_factory, tmp_path):
+    # the replicas of tests/families.py: their language codes, forced target code and padded vocabularies
+    from families import cached_family
+
+    spec = cached_family(tmp_path_factory, name)
+    model, tokenizer = load_model(spec.directory), load_tokenizer(spec.directory)
+    translator = Ct2Translator(convert_to_ctranslate2(spec.directory, tmp_path / "ct2", "float32"),
+                               compute_type="float32")
+    assert translator.forced_bos_token == (None if spec.forced_bos_token_id is None
+                                           else tokenizer.convert_ids_to_tokens(spec.forced_bos_token_id))
+    sources = [de for de, _ in spec.pairs[:6]]
+    prefix = None if translator.forced_bos_token is None else [[translator.forced_bos_token]] * len(sources)
+    results = translator.translator.translate_batch(translator._source_tokens(sources), beam_size=1,
+                                                    max_decoding_length=5, target_prefix=prefix)
+    for source, result in zip(sources, results):
+        with torch.no_grad():
+            generated = model.generate(**tokenizer([source], return_tensors="pt"), num_beams=1, max_new_tokens=6)
+        # the step-by-step ids after the decoder start, before transformers forces </s> at its last step
+        assert tokenizer.convert_tokens_to_ids(result.hypotheses[0]) == generated[0, 1:6].tolist()
+    assert translator.translate(sources, num_beams=1, max_new_tokens=6) == \
+        translate(model, tokenizer, sources, num_beams=1, max_new_tokens=6, progress=False)
+    int8 = Ct2Translator(convert_to_ctranslate2(spec.directory, tmp_path / "int8", "int8"), compute_type="int8")
+    assert len(int8.translate(sources, num_beams=2, max_new_tokens=6)) == len(sources)
