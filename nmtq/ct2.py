@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -225,18 +224,16 @@ def convert_to_ctranslate2(model_dir: str | os.PathLike, out_dir: str | os.PathL
     ct2 = _require_ctranslate2()
     model, tokenizer = _load(model_dir)
     spec = _model_spec(model, tokenizer)
-    # the folder is all a translator needs: model, vocabulary and every file the tokenizer saves (a Marian
-    # tokenizer's SentencePiece models, BART's vocab.json and merges.txt, or a tokenizer.json)
-    saved = Path(tempfile.mkdtemp(prefix=".nmtq-tokenizer-"))
-    tokenizer.save_pretrained(saved)
-    for path in sorted(saved.iterdir()):
-        spec.register_file(str(path))
     forced_eos = getattr(model.generation_config, "forced_eos_token_id", None) is not None
     forced_bos = getattr(model.generation_config, "forced_bos_token_id", None)  # BART's <s>: a target prefix here
     info = {"format": _FORMAT, "model_type": model_type, "quantization": quantization, "int8_bits": int8_bits,
             "source": str(model_dir), "max_source_length": _max_source_length(model, tokenizer),
             "forced_eos": forced_eos,
-            "forced_bos_token": None if forced_bos is None else tokenizer.convert_ids_to_tokens(forced_bos)}
+            "forced_bos_token": None if forced_bos is None else tokenizer.convert_ids_to_tokens(forced_bos),
+            # T5's task prefixes by pair (translation_de_to_en), which evaluation puts before each source
+            "prefixes": {key: params["prefix"] for key, params in
+                         (getattr(model.config, "task_specific_params", None) or {}).items()
+                         if key.startswith("translation_") and (params or {}).get("prefix")}}
 
     class SpecConverter(ct2.converters.Converter):
         def _load(self):
@@ -250,10 +247,13 @@ def convert_to_ctranslate2(model_dir: str | os.PathLike, out_dir: str | os.PathL
         SpecConverter().convert(str(tmp), quantization=None if int8_bits else quantization, force=True)
         write_json_atomic(tmp / INFO_FILE, info)
 
-    try:
+    # the folder is all a translator needs: model, vocabulary and every file the tokenizer saves (a Marian
+    # tokenizer's SentencePiece models, BART's vocab.json and merges.txt, or a tokenizer.json)
+    with tempfile.TemporaryDirectory(prefix="nmtq-tokenizer-") as saved:
+        tokenizer.save_pretrained(saved)
+        for path in sorted(Path(saved).iterdir()):
+            spec.register_file(str(path))
         _write_dir(out_dir, write)
-    finally:
-        shutil.rmtree(saved, ignore_errors=True)
     return out_dir
 
 
@@ -295,6 +295,7 @@ class Ct2Translator:
         self.max_source_length: int = info.get("max_source_length", self.tokenizer.model_max_length)
         self.forced_eos: bool = info.get("forced_eos", False)
         self.forced_bos_token: str | None = info.get("forced_bos_token")
+        self.prefixes: dict[str, str] = info.get("prefixes", {})
         torch_threads = torch.get_num_threads()  # CTranslate2 sets the calling thread's OpenMP count, torch's too
         try:
             self.translator = ct2.Translator(str(model_dir), device=device, compute_type=self.compute_type,

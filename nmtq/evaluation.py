@@ -302,13 +302,16 @@ def evaluate_directory(model_dir: str | os.PathLike, data_spec: str, split: str 
     model_dir = Path(model_dir)
     conventions = Conventions()
     if engine == "ctranslate2":
-        if source_lang_code or target_lang_code or source_prefix:
-            raise ValueError("language codes and source prefixes are applied with engine='transformers' only, so "
-                             "far: evaluate with --engine transformers")
+        if source_lang_code or target_lang_code:
+            raise ValueError("a CTranslate2 folder keeps the language codes it was converted with (its tokenizer "
+                             "and nmtq_ct2.json): leave out --source-lang-code and --target-lang-code, or convert "
+                             "a model saved with other codes")
         from .ct2 import Ct2Translator
 
         translator = Ct2Translator(model_dir, compute_type=compute_type, inter_threads=inter_threads)  # checks it
         tokenizer = translator.tokenizer
+        prefix = translator.prefixes.get(f"translation_{source_lang}_to_{target_lang}", "")
+        conventions = Conventions(prefix=source_prefix if source_prefix is not None else prefix)
     elif engine == "transformers":
         if inter_threads != 1:
             raise ValueError(f"inter_threads={inter_threads} is for engine='ctranslate2' (--engine ctranslate2): "

@@ -433,3 +433,32 @@ def test_multilingual_and_t5_teachers_convert_and_decode_as_transformers_does(na
         translate(model, tokenizer, sources, num_beams=1, max_new_tokens=6, progress=False)
     int8 = Ct2Translator(convert_to_ctranslate2(spec.directory, tmp_path / "int8", "int8"), compute_type="int8")
     assert len(int8.translate(sources, num_beams=2, max_new_tokens=6)) == len(sources)
+
+
+def test_a_t5_students_prefix_reaches_ctranslate2_evaluation(tmp_path_factory, tmp_path, capsys):
+    from families import cached_family
+
+    from nmtq.evaluation import evaluate_directory
+
+    spec = cached_family(tmp_path_factory, "t5")
+    model, tokenizer = load_model(spec.directory), load_tokenizer(spec.directory)
+    model.config.task_specific_params = {"translation_de_to_en": {"prefix": "translate German to English: "}}
+    model.save_pretrained(tmp_path / "t5")
+    tokenizer.save_pretrained(tmp_path / "t5")
+    ct2_dir = convert_to_ctranslate2(tmp_path / "t5", tmp_path / "ct2", "float32")
+    assert json.loads((ct2_dir / "nmtq_ct2.json").read_text())["prefixes"] == {
+        "translation_de_to_en": "translate German to English: "}
+    data = tmp_path / "pairs.tsv"
+    data.write_text("".join(f"{de}\t{en}\n" for de, en in spec.pairs[:8]), encoding="utf-8")
+    settings = dict(num_beams=1, max_new_tokens=6, progress=False)
+    evaluate_directory(tmp_path / "t5", f"tsv:{data}", output_dir=tmp_path / "hf", **settings)
+    evaluate_directory(ct2_dir, f"tsv:{data}", output_dir=tmp_path / "c", engine="ctranslate2",
+                       compute_type="float32", **settings)
+    hypotheses = [(tmp_path / out / "hypotheses.txt").read_text() for out in ("hf", "c")]
+    assert hypotheses[0] == hypotheses[1]
+    unprefixed = translate(model, tokenizer, [de for de, _ in spec.pairs[:8]], num_beams=1, max_new_tokens=6,
+                           progress=False)
+    assert hypotheses[0] != "".join(f"{h}\n" for h in unprefixed)  # the prefix changed the translations
+    assert main(["evaluate", str(ct2_dir), "--data", f"tsv:{data}", "--engine", "ctranslate2",
+                 "--source-lang-code", "deu_Latn"]) == 2
+    assert "keeps the language codes it was converted with" in capsys.readouterr().err
