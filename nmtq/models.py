@@ -105,10 +105,9 @@ def decoder_inputs_from_labels(model, labels):
         >>> decoder_inputs_from_labels(model, torch.tensor([[5, 6, -100]])).tolist()
         [[2, 5, 6]]
     """
+    from .lstm import shift_tokens_right  # the plain shift, which the LSTM student uses too
+
     if hasattr(model, "prepare_decoder_input_ids_from_labels"):
         return model.prepare_decoder_input_ids_from_labels(labels=labels.clone())
-    config = model.config
-    shifted = labels.new_full(labels.shape, config.decoder_start_token_id)
-    shifted[:, 1:] = labels[:, :-1]
-    return shifted.masked_fill(shifted == -100, config.pad_token_id)
+    return shift_tokens_right(labels, model.config.pad_token_id, model.config.decoder_start_token_id)
 
