@@ -73,8 +73,12 @@ def code_id(tokenizer: Any, code: str) -> int:
     return tokenizer.convert_tokens_to_ids(code)
 
 
-def _default_code(tokenizer: Any, lang: str, which: str) -> str:
-    codes = language_codes(tokenizer)
+def prefix_key(source_lang: str, target_lang: str) -> str:
+    """The ``task_specific_params`` entry of a pair, as T5 checkpoints name it: ``translation_de_to_en``."""
+    return f"translation_{source_lang}_to_{target_lang}"
+
+
+def _default_code(tokenizer: Any, codes: list[str], lang: str, which: str) -> str:
     matches = [code for code in codes if code == lang] or \
         [code for code in codes if code.startswith(f"{lang}_") or code.startswith(f"{ISO_639_3.get(lang, '?')}_")]
     if len(matches) != 1:
@@ -94,8 +98,8 @@ def resolve_conventions(tokenizer: Any, config: Any, generation_config: Any, sou
     know, a language with no unique default code, and a prefix given to a family that reads none.
     """
     model_type = getattr(config, "model_type", None)
-    key = f"translation_{source_lang}_to_{target_lang}"
-    if prefix is not None and prefix and model_type not in PREFIX_FAMILIES:
+    key = prefix_key(source_lang, target_lang)
+    if prefix and model_type not in PREFIX_FAMILIES:
         raise ValueError(f"--source_prefix {prefix!r}: a {model_type} model reads no task prefix (only "
                          f"{', '.join(PREFIX_FAMILIES)} do); leave it out")
     if prefix is None:
@@ -108,8 +112,8 @@ def resolve_conventions(tokenizer: Any, config: Any, generation_config: Any, sou
                              f"({model_type} marks no languages); leave it out")
         return Conventions(prefix=prefix, prefix_key=key)
     codes = language_codes(tokenizer)
-    source_code = source_code or _default_code(tokenizer, source_lang, "source")
-    target_code = target_code or _default_code(tokenizer, target_lang, "target")
+    source_code = source_code or _default_code(tokenizer, codes, source_lang, "source")
+    target_code = target_code or _default_code(tokenizer, codes, target_lang, "target")
     for which, code in (("source", source_code), ("target", target_code)):
         if code not in codes:
             raise ValueError(f"--{which}_lang_code {code!r} is not a language code of this "

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 
 from .env import parse_cpuinfo, read_cpuinfo
-from .evaluation import _check_lengths, _check_model_dir, _max_source_length, evaluate_with
+from .evaluation import _check_lengths, _check_model_dir, _max_source_length, _truncation, evaluate_with
 from .io import write_json_atomic
 from .quant.functional import encode_tensor, max_code
 from .tokenizer import encode_targets
@@ -292,7 +292,7 @@ class Ct2Translator:
         info_file = model_dir / INFO_FILE
         info = json.loads(info_file.read_text(encoding="utf-8")) if info_file.is_file() else {}
         self.tokenizer = load_tokenizer(model_dir)
-        self.max_source_length: int = info.get("max_source_length", self.tokenizer.model_max_length)
+        self.max_source_length: int | None = info.get("max_source_length", self.tokenizer.model_max_length)
         self.forced_eos: bool = info.get("forced_eos", False)
         self.forced_bos_token: str | None = info.get("forced_bos_token")
         self.prefixes: dict[str, str] = info.get("prefixes", {})
@@ -308,7 +308,7 @@ class Ct2Translator:
             torch.set_num_threads(torch_threads)
 
     def _source_tokens(self, sources: list[str]) -> list[list[str]]:
-        ids = self.tokenizer(list(sources), truncation=True, max_length=self.max_source_length)["input_ids"]
+        ids = self.tokenizer(list(sources), **_truncation(self.max_source_length))["input_ids"]
         return [self.tokenizer.convert_ids_to_tokens(row) for row in ids]
 
     def translate(self, sources: list[str], num_beams: int = 4, max_new_tokens: int = 128,
@@ -345,8 +345,7 @@ class Ct2Translator:
         _check_lengths(sources, {"references": references})
         if not sources:
             raise ValueError("perplexity of no sentences: pass at least one source/reference pair")
-        labels = encode_targets(self.tokenizer, list(references), truncation=True,
-                                max_length=self.max_source_length)["input_ids"]
+        labels = encode_targets(self.tokenizer, list(references), **_truncation(self.max_source_length))["input_ids"]
         targets = [self.tokenizer.convert_ids_to_tokens(row[:-1]) for row in labels]  # CTranslate2 adds </s>
         results = self.translator.score_batch(self._source_tokens(sources), targets, max_batch_size=batch_size,
                                               max_input_length=0)

@@ -59,14 +59,17 @@ def _max_source_length(model: Any, tokenizer: Any) -> int | None:
     """The longest input both the tokenizer and the model's position embeddings accept; None for no limit (T5's
     relative positions, and a tokenizer whose ``model_max_length`` is transformers' "unset" of 1e30)."""
     limits = [tokenizer.model_max_length, getattr(model.config, "max_position_embeddings", None)]
-    limits = [limit for limit in limits if limit and limit < 2**31]
+    limits = [limit for limit in limits if _is_limit(limit)]
     return min(limits) if limits else None
 
 
-def _truncation(model: Any, tokenizer: Any) -> dict[str, Any]:
-    """The tokenizer's truncation arguments for ``model``: none where it has no length limit."""
-    limit = _max_source_length(model, tokenizer)
-    return {"truncation": True, "max_length": limit} if limit else {}
+def _is_limit(length: int | None) -> bool:
+    return bool(length) and length < 2**31  # transformers' "unset" model_max_length is int(1e30)
+
+
+def _truncation(limit: int | None) -> dict[str, Any]:
+    """The tokenizer's truncation arguments for a length limit: none where there is no limit."""
+    return {"truncation": True, "max_length": limit} if _is_limit(limit) else {}
 
 
 def _pad(rows: Sequence[Sequence[int]], value: int) -> torch.Tensor:
@@ -94,7 +97,7 @@ def translate(model: Any, tokenizer: Any, sources: list[str], num_beams: int = 4
     """
     if not sources:
         return []
-    input_ids = tokenizer(list(sources), **_truncation(model, tokenizer))["input_ids"]
+    input_ids = tokenizer(list(sources), **_truncation(_max_source_length(model, tokenizer)))["input_ids"]
     hypotheses: list[str] = [""] * len(sources)
     with _eval_mode(model), _progress(len(sources), "translate", progress) as bar:
         for batch in _length_sorted_batches([len(ids) for ids in input_ids], batch_size):
@@ -131,8 +134,9 @@ def perplexity(model: Any, tokenizer: Any, sources: list[str], references: list[
     _check_lengths(sources, {"references": references})
     if not sources:
         raise ValueError("perplexity of no sentences: pass at least one source/reference pair")
-    encoded = tokenizer(list(sources), **_truncation(model, tokenizer))
-    encoded["labels"] = encode_targets(tokenizer, list(references), **_truncation(model, tokenizer))["input_ids"]
+    truncation = _truncation(_max_source_length(model, tokenizer))
+    encoded = tokenizer(list(sources), **truncation)
+    encoded["labels"] = encode_targets(tokenizer, list(references), **truncation)["input_ids"]
     total_nll, total_tokens = 0.0, 0
     with _eval_mode(model), _progress(len(sources), "perplexity", progress) as bar:
         for batch in _length_sorted_batches([len(ids) for ids in encoded["labels"]], batch_size):
@@ -295,7 +299,7 @@ def evaluate_directory(model_dir: str | os.PathLike, data_spec: str, split: str 
     Example:
         >>> evaluate_directory("runs/teacher", "bible", max_length=30, output_dir="runs/teacher/eval")  # doctest: +SKIP
     """
-    from .conventions import Conventions, apply_conventions, resolve_conventions
+    from .conventions import Conventions, apply_conventions, prefix_key, resolve_conventions
     from .models import load_model
     from .tokenizer import load_tokenizer
 
@@ -310,7 +314,7 @@ def evaluate_directory(model_dir: str | os.PathLike, data_spec: str, split: str 
 
         translator = Ct2Translator(model_dir, compute_type=compute_type, inter_threads=inter_threads)  # checks it
         tokenizer = translator.tokenizer
-        prefix = translator.prefixes.get(f"translation_{source_lang}_to_{target_lang}", "")
+        prefix = translator.prefixes.get(prefix_key(source_lang, target_lang), "")
         conventions = Conventions(prefix=source_prefix if source_prefix is not None else prefix)
     elif engine == "transformers":
         if inter_threads != 1:
