@@ -311,3 +311,9 @@ def cached_family(tmp_path_factory, family: str) -> FamilySpec:
     if key not in _BUILT:
         _BUILT[key] = build_family(family, tmp_path_factory.mktemp(f"family-{family}"))
     return _BUILT[key]
+
+
+def pairs_file(path: Path, pairs: list[tuple[str, str]]) -> str:
+    """Write ``pairs`` as ``source<TAB>target`` lines to ``path``; returns its data spec, ``tsv:PATH``."""
+    path.write_text("".join(f"{de}\t{en}\n" for de, en in pairs), encoding="utf-8")
+    return f"tsv:{path}"

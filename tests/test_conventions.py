@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from families import cached_family
+from families import cached_family, pairs_file
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from nmtq.cli import main
@@ -88,11 +88,10 @@ DISTILL = ("--method", "kd", "--student_encoder_layers", "2", "--student_decoder
 @pytest.mark.parametrize("name", ["nllb", "mbart50", "m2m100", "t5"])
 def test_distil_then_evaluate_with_the_familys_conventions(name, family, tmp_path, capsys):
     spec = family(name)
-    data = tmp_path / "pairs.tsv"
-    data.write_text("".join(f"{de}\t{en}\n" for de, en in spec.pairs), encoding="utf-8")
+    data = pairs_file(tmp_path / "pairs.tsv", spec.pairs)
     out = tmp_path / "student"
     prefix = ["--source_prefix", T5_PREFIX] if name == "t5" else []
-    assert main(["distill", "--data", f"tsv:{data}", "--teacher", str(spec.directory), "--output_dir", str(out),
+    assert main(["distill", "--data", data, "--teacher", str(spec.directory), "--output_dir", str(out),
                  *DISTILL, *prefix]) == 0
     tokenizer, student = load(type(spec)(**{**spec.__dict__, "directory": out}))
     if name == "t5":
@@ -105,7 +104,7 @@ def test_distil_then_evaluate_with_the_familys_conventions(name, family, tmp_pat
             generated = student.generate(**tokenizer(["ein Haus"], return_tensors="pt"), max_new_tokens=3)
         assert generated[0, 1].item() == tokenizer.convert_tokens_to_ids(target)  # after the decoder start
     # nmtq evaluate reads the codes and the prefix back from the saved student
-    assert main(["evaluate", str(out), "--data", f"tsv:{data}", "--num-beams", "2", "--max-new-tokens", "4",
+    assert main(["evaluate", str(out), "--data", data, "--num-beams", "2", "--max-new-tokens", "4",
                  "--output-dir", str(tmp_path / "eval")]) == 0
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["num_sentences"] == len(spec.pairs)
@@ -121,11 +120,9 @@ def family_runs(family, tmp_path_factory):
         if name not in runs:
             spec = family(name)
             root = tmp_path_factory.mktemp(f"runs-{name}")
-            data = root / "pairs.tsv"
-            data.write_text("".join(f"{de}\t{en}\n" for de, en in spec.pairs), encoding="utf-8")
             prefix = ["--source_prefix", T5_PREFIX] if name == "t5" else []
-            common = ["--data", f"tsv:{data}", "--teacher", str(spec.directory), *DISTILL, *prefix,
-                      "--bits", "4", "--bucket_size", "16"]
+            common = ["--data", pairs_file(root / "pairs.tsv", spec.pairs), "--teacher", str(spec.directory),
+                      *DISTILL, *prefix, "--bits", "4", "--bucket_size", "16"]
             plans = {"fp": ["--method", "fp"],
                      "kd": ["--method", "kd", "--teacher_top_k", "4"],
                      "qd": ["--method", "qd", "--sequence_kd", "0.5"],

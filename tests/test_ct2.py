@@ -436,7 +436,7 @@ def test_multilingual_and_t5_teachers_convert_and_decode_as_transformers_does(na
 
 
 def test_a_t5_students_prefix_reaches_ctranslate2_evaluation(tmp_path_factory, tmp_path, capsys):
-    from families import cached_family
+    from families import cached_family, pairs_file
 
     from nmtq.evaluation import evaluate_directory
 
@@ -448,17 +448,16 @@ def test_a_t5_students_prefix_reaches_ctranslate2_evaluation(tmp_path_factory, t
     ct2_dir = convert_to_ctranslate2(tmp_path / "t5", tmp_path / "ct2", "float32")
     assert json.loads((ct2_dir / "nmtq_ct2.json").read_text())["prefixes"] == {
         "translation_de_to_en": "translate German to English: "}
-    data = tmp_path / "pairs.tsv"
-    data.write_text("".join(f"{de}\t{en}\n" for de, en in spec.pairs[:8]), encoding="utf-8")
+    data = pairs_file(tmp_path / "pairs.tsv", spec.pairs[:8])
     settings = dict(num_beams=1, max_new_tokens=6, progress=False)
-    evaluate_directory(tmp_path / "t5", f"tsv:{data}", output_dir=tmp_path / "hf", **settings)
-    evaluate_directory(ct2_dir, f"tsv:{data}", output_dir=tmp_path / "c", engine="ctranslate2",
+    evaluate_directory(tmp_path / "t5", data, output_dir=tmp_path / "hf", **settings)
+    evaluate_directory(ct2_dir, data, output_dir=tmp_path / "c", engine="ctranslate2",
                        compute_type="float32", **settings)
     hypotheses = [(tmp_path / out / "hypotheses.txt").read_text() for out in ("hf", "c")]
     assert hypotheses[0] == hypotheses[1]
     unprefixed = translate(model, tokenizer, [de for de, _ in spec.pairs[:8]], num_beams=1, max_new_tokens=6,
                            progress=False)
     assert hypotheses[0] != "".join(f"{h}\n" for h in unprefixed)  # the prefix changed the translations
-    assert main(["evaluate", str(ct2_dir), "--data", f"tsv:{data}", "--engine", "ctranslate2",
+    assert main(["evaluate", str(ct2_dir), "--data", data, "--engine", "ctranslate2",
                  "--source-lang-code", "deu_Latn"]) == 2
     assert "keeps the language codes it was converted with" in capsys.readouterr().err

@@ -8,6 +8,7 @@ import functools
 
 import pytest
 import torch
+from families import cached_family, pairs_file
 from transformers import (
     AutoModelForSeq2SeqLM,
     AutoTokenizer,
@@ -173,14 +174,7 @@ def test_a_family_nmtq_does_not_know_is_refused_in_one_line():
 
 @pytest.fixture(scope="session")
 def family_teacher(tmp_path_factory):
-    from families import cached_family
-
     return functools.partial(cached_family, tmp_path_factory)
-
-
-def pairs_file(path, pairs) -> str:
-    path.write_text("".join(f"{de}\t{en}\n" for de, en in pairs), encoding="utf-8")
-    return f"tsv:{path}"
 
 
 DISTILL = ("--method", "kd", "--student_encoder_layers", "1", "--student_decoder_layers", "1", "--max_steps", "1",
