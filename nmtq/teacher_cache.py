@@ -30,6 +30,16 @@ from .losses import TopK, top_k
 META = "meta.json"
 
 
+def _json_value(value: Any) -> Any:
+    """Whole sequences for what JSON lacks (a datasets ``Column``, a tuple of tensors), else ``str``: a column's
+    ``str`` shows its first five items only, so two corpora that begin alike would share a fingerprint."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if hasattr(value, "__iter__") and not isinstance(value, (str, bytes)):
+        return list(value)
+    return str(value)
+
+
 def fingerprint(*parts: Any) -> str:
     """A short hex digest of JSON-able ``parts`` (lists of token ids included).
 
@@ -39,7 +49,7 @@ def fingerprint(*parts: Any) -> str:
     """
     digest = hashlib.sha256()
     for part in parts:
-        digest.update(json.dumps(part, sort_keys=True, default=str).encode())
+        digest.update(json.dumps(part, sort_keys=True, default=_json_value).encode())
         digest.update(b"\0")
     return digest.hexdigest()[:16]
 

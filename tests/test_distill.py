@@ -245,6 +245,20 @@ def test_sequence_level_kd_caches_the_teachers_translations_once(corpus, teacher
     assert json.loads((tmp_path / "mixed" / "test" / "metrics.json").read_text())["sequence_kd"] == 0.5
 
 
+def test_cache_fingerprints_read_whole_dataset_columns():
+    # a datasets Column prints its first five items only: corpora that begin alike must still get two caches
+    from datasets import Dataset
+
+    from nmtq.teacher_cache import fingerprint
+
+    def column(last: str):
+        return Dataset.from_dict({"source": [*GERMAN[:10], last]})["source"]
+
+    assert fingerprint(column("a")) == fingerprint(column("a")) == fingerprint([*GERMAN[:10], "a"])
+    assert fingerprint(column("a")) != fingerprint(column("b"))
+    assert fingerprint(torch.tensor([1, 2])) == fingerprint([1, 2])
+
+
 def test_cached_top_k_with_the_whole_vocabulary_gives_the_live_teachers_loss(corpus, teacher_dir, tmp_path):
     from nmtq.distill import DistillationCollator
     from nmtq.teacher_cache import cache_top_k
