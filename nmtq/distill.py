@@ -42,7 +42,14 @@ from .methods import (
 from .models import decoder_inputs_from_labels, enable_generation_cache, load_model
 from .quant import QuantizerConfig, SizeReport
 from .student import depth, make_student
-from .teacher_cache import TopKCache, cache_directory, cache_top_k, cache_translations, teacher_fingerprint
+from .teacher_cache import (
+    TopKCache,
+    cache_directory,
+    cache_top_k,
+    cache_translations,
+    fingerprint,
+    teacher_fingerprint,
+)
 from .tokenizer import encode_targets, load_tokenizer
 from .train import (
     check_ids_fit,
@@ -53,6 +60,16 @@ from .train import (
     time_budget,
     tokenize,
     with_prefix,
+)
+from .vocab import (
+    TRIM_FILE,
+    TrimmedTeacher,
+    VocabularyTrim,
+    load_trim,
+    plan_trim,
+    save_trim,
+    trim_model,
+    trim_tokenizer,
 )
 
 
@@ -90,6 +107,11 @@ class DistillArguments(MethodArguments):
     target_lang_code: str | None = field(
         default=None, metadata={"help": "The code of the target language, also forced as the first generated token "
                                         "(default: the code of target_lang)."})
+    trim_vocabulary: bool = field(
+        default=False, metadata={"help": "Keep only the vocabulary the training data uses (plus the specials and "
+                                         "language codes): a much smaller student of a multilingual teacher (NLLB, "
+                                         "mBART-50, M2M100); the teacher's distribution is renormalised over the "
+                                         "kept tokens."})
     source_prefix: str | None = field(
         default=None, metadata={"help": "Text put before every source: T5's task prefix, e.g. 'translate German to "
                                         "English: ' (default: the teacher's task_specific_params for the pair)."})
@@ -227,7 +249,18 @@ def build_student(distill_args: DistillArguments, teacher):
     else:
         student = make_student(teacher, distill_args.student_encoder_layers, distill_args.student_decoder_layers,
                                distill_args.student_d_model, distill_args.student_ffn_dim, distill_args.student_init)
-    if student.get_output_embeddings().weight.shape[0] != teacher.get_output_embeddings().weight.shape[0]:
+    rows, teacher_rows = (m.get_output_embeddings().weight.shape[0] for m in (student, teacher))
+    trimmed = Path(distill_args.student_name_or_path or "") / TRIM_FILE
+    if distill_args.student_name_or_path and trimmed.is_file():
+        trim = load_trim(trimmed)
+        if not distill_args.trim_vocabulary:
+            raise ValueError(f"the student {distill_args.student_name_or_path} has a trimmed vocabulary ({TRIM_FILE}):"
+                             " pass --trim_vocabulary to distil it again")
+        if (trim.old_size, trim.size) != (teacher_rows, rows):
+            raise ValueError(f"the student {distill_args.student_name_or_path} was trimmed from a {trim.old_size:,}-"
+                             f"token teacher to {trim.size:,} tokens, but this teacher has {teacher_rows:,} and the "
+                             f"student {rows:,}: distil it from the teacher it was trimmed from")
+    elif rows != teacher_rows:
         raise ValueError(
             f"the student's vocabulary ({student.get_output_embeddings().weight.shape[0]}) differs from the "
             f"teacher's ({teacher.get_output_embeddings().weight.shape[0]}): word-level distillation needs one "
@@ -259,64 +292,110 @@ def distill(data_args: DataArguments, distill_args: DistillArguments, quant_conf
     keep = ("source",) if distill_args.sequence_kd else ()
     train_set = tokenize(splits["train"], tokenizer, data_args.max_source_length, data_args.max_target_length, keep)
     check_ids_fit(teacher, train_set, f"the teacher {distill_args.teacher}")
+    if distill_args.method != "ptq" and distill_args.sequence_kd:
+        train_set = teacher_translations(train_set, teacher, tokenizer, data_args, distill_args, training_args, log)
+    trim, vocabulary = None, {}
+    if distill_args.trim_vocabulary:
+        trim, student, vocabulary = trim_student(student, tokenizer, train_set, distill_args, log)
+        tokenizer, teacher = trim_tokenizer(tokenizer, trim), TrimmedTeacher(teacher, trim)
+        train_set = remap_columns(train_set, trim)
 
-    # --mean_bits measures gradients on ids and labels only (DistillationCollator drops the kept source texts)
-    quantizer = prepare_quantizer(student, distill_args, quant_config, log, teacher, train_set,
+    # --mean_bits measures gradients on ids and labels only
+    quantizer = prepare_quantizer(student, distill_args, quant_config, log, teacher,
+                                  train_set.select_columns([c for c in ("input_ids", "attention_mask", "labels")
+                                                            if c in train_set.column_names]),
                                   DistillationCollator(tokenizer, student))
     if distill_args.method != "ptq":
-        train_set, top_k = teacher_targets(train_set, teacher, tokenizer, student, data_args, distill_args,
-                                           training_args, log)
+        train_set, top_k = teacher_top_k(train_set, teacher, tokenizer, student, trim, distill_args, training_args,
+                                         log)
         streams = {"labels", "teacher_labels"} & set(train_set.column_names)
         if top_k and (distill_args.effective_alpha == 0 or set(top_k) >= streams):
             teacher = None  # every batch carries the teacher's outputs: it need not even be on the device
         _train(student, teacher, tokenizer, train_set, top_k, quantizer, distill_args, training_args,
                checkpoint, log)
-    return _finish(student, tokenizer, quantizer, teacher_size, splits["test"], data_args, distill_args, training_args,
-                   log)
+    return _finish(student, tokenizer, quantizer, teacher_size, splits["test"], data_args, distill_args,
+                   training_args, log, trim, vocabulary)
 
 
-def teacher_targets(train_set, teacher, tokenizer, student, data_args: DataArguments, distill_args: DistillArguments,
-                    training_args: NmtTrainingArguments, log):
-    """Add the teacher's cached outputs to the training set: translations (sequence-level KD) and top-k.
-
-    Returns the new training set and the top-k caches by target column (``labels``, ``teacher_labels``).
-    """
-    if not (distill_args.sequence_kd or distill_args.teacher_top_k):
-        return train_set, {}
+def _cache_settings(distill_args: DistillArguments, training_args: NmtTrainingArguments, log):
+    """Where the teacher caches go, the teacher's fingerprint, and how processes share the work."""
     root = Path(distill_args.teacher_cache_dir or (Path(distill_args.teacher) / "cache"
                 if Path(distill_args.teacher).is_dir() else Path(training_args.output_dir) / "teacher-cache"))
-    teacher_id = teacher_fingerprint(distill_args.teacher)
-    teacher.to(training_args.device)
     shared = {"shard_size": distill_args.cache_shard_size, "process_index": training_args.process_index,
               "num_processes": training_args.world_size, "wait": training_args.distributed_state.wait_for_everyone,
               "log": log}
-    if distill_args.sequence_kd:
-        sources = train_set["source"]
-        directory = cache_directory(root, "translations", teacher_id, sources, training_args.num_beams,
-                                    training_args.max_new_tokens)
-        translations = cache_translations(teacher, tokenizer, sources, directory, num_beams=training_args.num_beams,
-                                          max_new_tokens=training_args.max_new_tokens,
-                                          batch_size=training_args.per_device_eval_batch_size, **shared)
-        targets = encode_targets(tokenizer, translations, truncation=True, max_length=data_args.max_target_length)
-        column = "labels" if distill_args.sequence_kd == 1 else "teacher_labels"
-        train_set = train_set.remove_columns([c for c in ("source", column) if c in train_set.column_names])
-        train_set = train_set.add_column(column, targets["input_ids"])
-        log(f"sequence-level KD: {len(translations):,} teacher translations (beam {training_args.num_beams}) as "
-            f"{'the targets' if column == 'labels' else f'a second target, weight {distill_args.sequence_kd}'}")
+    return root, teacher_fingerprint(distill_args.teacher), shared
+
+
+def teacher_translations(train_set, teacher, tokenizer, data_args: DataArguments, distill_args: DistillArguments,
+                         training_args: NmtTrainingArguments, log):
+    """Sequence-level KD: the teacher's beam translations of the training sources, made once and cached, as the
+    targets (``labels``, at ``sequence_kd`` 1) or as a second target stream (``teacher_labels``)."""
+    root, teacher_id, shared = _cache_settings(distill_args, training_args, log)
+    teacher.to(training_args.device)
+    sources = train_set["source"]
+    directory = cache_directory(root, "translations", teacher_id, sources, training_args.num_beams,
+                                training_args.max_new_tokens)
+    translations = cache_translations(teacher, tokenizer, sources, directory, num_beams=training_args.num_beams,
+                                      max_new_tokens=training_args.max_new_tokens,
+                                      batch_size=training_args.per_device_eval_batch_size, **shared)
+    targets = encode_targets(tokenizer, translations, truncation=True, max_length=data_args.max_target_length)
+    column = "labels" if distill_args.sequence_kd == 1 else "teacher_labels"
+    train_set = train_set.remove_columns([c for c in ("source", column) if c in train_set.column_names])
+    train_set = train_set.add_column(column, targets["input_ids"])
+    log(f"sequence-level KD: {len(translations):,} teacher translations (beam {training_args.num_beams}) as "
+        f"{'the targets' if column == 'labels' else f'a second target, weight {distill_args.sequence_kd}'}")
+    return train_set
+
+
+def teacher_top_k(train_set, teacher, tokenizer, student, trim: VocabularyTrim | None,
+                  distill_args: DistillArguments, training_args: NmtTrainingArguments, log):
+    """Apprentice's scheme B: the teacher's top-k log-probabilities at every token of each target stream, cached
+    in shards (over the kept ids of a trimmed vocabulary). Returns the training set with ``example_id`` and the
+    caches by target column; ``({}, train_set)`` without ``--teacher_top_k``."""
+    if not distill_args.teacher_top_k:
+        return train_set, {}
+    root, teacher_id, shared = _cache_settings(distill_args, training_args, log)
+    teacher.to(training_args.device)
+    kind = f"top{distill_args.teacher_top_k}" + (f"-trim{fingerprint(trim.kept)}" if trim else "")
     caches: dict[str, TopKCache] = {}
-    if distill_args.teacher_top_k:
-        inputs = train_set["input_ids"]
-        for column in ("labels", "teacher_labels"):
-            if column in train_set.column_names:
-                targets = train_set[column]
-                directory = cache_directory(root, f"top{distill_args.teacher_top_k}", teacher_id, inputs, targets)
-                caches[column] = cache_top_k(
-                    teacher, [{"input_ids": i, "labels": t} for i, t in zip(inputs, targets)],
-                    DistillationCollator(tokenizer, student), directory, k=distill_args.teacher_top_k,
-                    batch_size=training_args.per_device_eval_batch_size, **shared)
-        train_set = train_set.add_column("example_id", list(range(len(train_set))))
-        log(f"training from the teacher's cached top-{distill_args.teacher_top_k} log-probabilities")
-    return train_set, caches
+    inputs = train_set["input_ids"]
+    for column in ("labels", "teacher_labels"):
+        if column in train_set.column_names:
+            targets = train_set[column]
+            caches[column] = cache_top_k(
+                teacher, [{"input_ids": i, "labels": t} for i, t in zip(inputs, targets)],
+                DistillationCollator(tokenizer, student), cache_directory(root, kind, teacher_id, inputs, targets),
+                k=distill_args.teacher_top_k, batch_size=training_args.per_device_eval_batch_size, **shared)
+    log(f"training from the teacher's cached top-{distill_args.teacher_top_k} log-probabilities")
+    return train_set.add_column("example_id", list(range(len(train_set)))), caches
+
+
+def trim_student(student, tokenizer, train_set, distill_args: DistillArguments, log):
+    """``--trim_vocabulary``: the kept ids (those of the training sources and targets, plus what the tokenizer
+    needs) and the student trimmed to them, or a student trimmed before (``--student_name_or_path`` of a run with
+    ``--trim_vocabulary``) with its kept ids. Returns the trim, the student and the sizes for metrics.json."""
+    saved = Path(distill_args.student_name_or_path or "") / TRIM_FILE
+    if distill_args.student_name_or_path and saved.is_file():
+        trim = load_trim(saved)
+        log(f"the student from {distill_args.student_name_or_path} keeps {trim.size:,} of the teacher's "
+            f"{trim.old_size:,} tokens")
+        return trim, student, {"teacher_tokens": trim.old_size, "kept_tokens": trim.size}
+    columns = [c for c in ("input_ids", "labels", "teacher_labels") if c in train_set.column_names]
+    trim = plan_trim(tokenizer, student, (ids for c in columns for ids in train_set[c]))
+    before = fp32_size(student).fp32_bits // 8
+    trim_model(student, trim)
+    saved_bytes = before - fp32_size(student).fp32_bits // 8
+    log(f"vocabulary trimmed to the training data's tokens: {trim.size:,} of {trim.old_size:,} kept, "
+        f"{saved_bytes:,} bytes of fp32 embeddings saved")
+    return trim, student, {"teacher_tokens": trim.old_size, "kept_tokens": trim.size, "fp32_bytes_saved": saved_bytes}
+
+
+def remap_columns(train_set, trim: VocabularyTrim):
+    """The token-id columns of ``train_set`` in the trimmed vocabulary's ids."""
+    columns = [c for c in ("input_ids", "labels", "teacher_labels") if c in train_set.column_names]
+    return train_set.map(lambda batch: {c: [trim.remap(ids) for ids in batch[c]] for c in columns}, batched=True,
+                         desc="trimmed ids")
 
 
 def _train(student, teacher, tokenizer, train_set, top_k, quantizer, distill_args, training_args, checkpoint, log):
@@ -335,7 +414,7 @@ def _train(student, teacher, tokenizer, train_set, top_k, quantizer, distill_arg
 
 
 def _finish(student, tokenizer, quantizer, teacher_size: SizeReport, test_set, data_args, distill_args, training_args,
-            log) -> dict:
+            log, trim: VocabularyTrim | None = None, vocabulary: dict | None = None) -> dict:
     """Quantize for real, measure the size, save the student (weights = decoded codes) and score it."""
     student = student.module if hasattr(student, "module") else student
     enable_generation_cache(student)
@@ -345,6 +424,8 @@ def _finish(student, tokenizer, quantizer, teacher_size: SizeReport, test_set, d
         output_dir = Path(training_args.output_dir)
         student.save_pretrained(output_dir)
         tokenizer.save_pretrained(output_dir)
+        if trim is not None:
+            save_trim(trim, output_dir / TRIM_FILE)
         if finished.quantization is not None:
             write_json_atomic(output_dir / "quantization.json", finished.quantization)
             save_codes(finished.codes, output_dir / CODES_FILE)  # the exact integer codes behind the saved weights
@@ -353,7 +434,7 @@ def _finish(student, tokenizer, quantizer, teacher_size: SizeReport, test_set, d
                        **finished.metrics(teacher_size),
                        **dict(zip(("encoder_layers", "decoder_layers"), depth(student.config))),
                        sequence_kd=distill_args.sequence_kd, teacher_top_k=distill_args.teacher_top_k,
-                       alternate_every=distill_args.alternate_every)
+                       alternate_every=distill_args.alternate_every, **({"vocabulary": vocabulary} if trim else {}))
         write_json_atomic(output_dir / "test" / "metrics.json", metrics)
         log(finished.summary(teacher_size))
     training_args.distributed_state.wait_for_everyone()
