@@ -65,6 +65,7 @@ from .vocab import (
     TRIM_FILE,
     TrimmedTeacher,
     VocabularyTrim,
+    check_trimmable,
     load_trim,
     plan_trim,
     save_trim,
@@ -279,6 +280,8 @@ def distill(data_args: DataArguments, distill_args: DistillArguments, quant_conf
     checkpoint = resolve_checkpoint(training_args, distill_args.checkpoint_last_file)
     splits = load_splits(data_args, log)
     teacher, tokenizer = load_model(distill_args.teacher), load_tokenizer(distill_args.teacher)
+    if distill_args.trim_vocabulary:
+        check_trimmable(tokenizer)  # before the teacher caches are written
     conventions = resolve_conventions(tokenizer, teacher.config, teacher.generation_config, data_args.source_lang,
                                       data_args.target_lang, distill_args.source_lang_code,
                                       distill_args.target_lang_code, distill_args.source_prefix)

@@ -136,8 +136,10 @@ def test_fsmt_is_refused_in_one_line(family, tmp_path, capsys):
     out = tmp_path / "student"
     assert main(["distill", "--data", pairs_file(tmp_path / "pairs.tsv", spec.pairs), "--teacher",
                  str(spec.directory), "--output_dir", str(out), "--trim_vocabulary", "true", "--method", "kd",
-                 "--max_steps", "1", "--report_to", "none", "--use_cpu", "true"]) == 2
-    assert "drop --trim_vocabulary" in capsys.readouterr().err and not out.exists()
+                 "--sequence_kd", "1", "--teacher_cache_dir", str(tmp_path / "cache"), "--max_steps", "1",
+                 "--report_to", "none", "--use_cpu", "true"]) == 2
+    assert "drop --trim_vocabulary" in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "cache").exists()  # refused before the teacher translated
 
 
 DISTILL = ("--student_encoder_layers", "2", "--student_decoder_layers", "1", "--max_steps", "2",
