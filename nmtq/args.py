@@ -19,6 +19,8 @@ import torch
 import yaml
 from transformers import HfArgumentParser, Seq2SeqTrainingArguments, TrainingArguments
 
+from .errors import NmtqError
+
 MODEL_TYPES = ("marian", "fsmt", "bart")
 
 
@@ -55,7 +57,7 @@ class DataArguments:
                 parse_data_spec(getattr(self, name))  # a malformed spec fails here, before anything is written
         for name in ("max_words", "max_source_length", "max_target_length"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)}: pass a positive number")
+                raise NmtqError(f"{name}={getattr(self, name)}: pass a positive number")
 
     def spec(self, split: str) -> str:
         """The data spec of ``split`` (train, validation or test)."""
@@ -87,9 +89,9 @@ class ModelArguments:
 
     def __post_init__(self) -> None:
         if self.model_type not in MODEL_TYPES:
-            raise ValueError(f"model_type={self.model_type!r}: pass one of {', '.join(MODEL_TYPES)}")
+            raise NmtqError(f"model_type={self.model_type!r}: pass one of {', '.join(MODEL_TYPES)}")
         if self.d_model % self.attention_heads:
-            raise ValueError(f"d_model={self.d_model} must be divisible by attention_heads={self.attention_heads}")
+            raise NmtqError(f"d_model={self.d_model} must be divisible by attention_heads={self.attention_heads}")
 
 
 @dataclass
@@ -109,7 +111,7 @@ class CpuFriendlyTrainingArguments(TrainingArguments):
             self.dataloader_pin_memory = False  # pinning needs an accelerator
         super().__post_init__()
         if self.max_train_minutes is not None and self.max_train_minutes <= 0:
-            raise ValueError(f"max_train_minutes={self.max_train_minutes}: pass a positive number of minutes")
+            raise NmtqError(f"max_train_minutes={self.max_train_minutes}: pass a positive number of minutes")
 
 
 @dataclass
@@ -135,17 +137,23 @@ def read_recipe(path: str | Path, classes: tuple[type, ...] = TRAIN_ARGUMENT_CLA
     """A flat YAML recipe as a dict, with a clear error for a missing file or an unknown field."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(
+        raise NmtqError(
             f"recipe {str(path)!r} does not exist: pass a YAML file such as recipes/bible-de-en-teacher.yaml")
-    recipe = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    try:
+        recipe = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise NmtqError(f"recipe {str(path)!r} is not valid YAML{line} ({getattr(err, 'problem', None) or err}): "
+                        "fix the recipe, one 'field: value' a line") from None
     if not isinstance(recipe, dict):
-        raise ValueError(f"recipe {str(path)!r} must be a flat YAML mapping of argument fields to values")
+        raise NmtqError(f"recipe {str(path)!r} must be a flat YAML mapping of argument fields to values")
     known = _known_fields(classes)
     for key in recipe:
         if key not in known:
             close = difflib.get_close_matches(key, sorted(known), n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise ValueError(f"recipe {str(path)!r}: unknown field {key!r}{hint}")
+            raise NmtqError(f"recipe {str(path)!r}: unknown field {key!r}{hint}")
     return recipe
 
 
@@ -157,7 +165,7 @@ def parse_train_args(argv: list[str] | None = None, classes: tuple[type, ...] = 
     if "--config" in argv:
         i = argv.index("--config")
         if i + 1 >= len(argv):
-            raise ValueError("--config needs a YAML recipe path")
+            raise NmtqError("--config needs a YAML recipe path")
         recipe = read_recipe(argv[i + 1], classes)
         argv = argv[:i] + argv[i + 2:]
     parser = HfArgumentParser(classes)
@@ -168,9 +176,14 @@ def parse_train_args(argv: list[str] | None = None, classes: tuple[type, ...] = 
         known = ["--" + name for name in sorted(_known_fields(classes))]
         close = difflib.get_close_matches(unknown[0], known, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"unknown argument {unknown[0]!r}{hint} (run `nmtq train --help` for the fields)")
+        raise NmtqError(f"unknown argument {unknown[0]!r}{hint} (run `nmtq train --help` for the fields)")
     outputs = []
     for cls in classes:
         names = {f.name for f in fields(cls) if f.init}
-        outputs.append(cls(**{k: v for k, v in vars(parsed).items() if k in names}))
+        try:
+            outputs.append(cls(**{k: v for k, v in vars(parsed).items() if k in names}))
+        except NmtqError:
+            raise
+        except (ValueError, TypeError) as err:  # transformers' own checks of its arguments: still the user's to fix
+            raise NmtqError(f"{' '.join(str(err).split())}") from err
     return tuple(outputs)

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from collections.abc import Sequence
 
 from . import __version__
+from .errors import NmtqError
 
 
 def _positive_int(text: str) -> int:
@@ -163,7 +165,7 @@ def _run_export(args: argparse.Namespace) -> int:
                   "--bits 7 --bucket_size row --scaling absmax) keeps them exact; see the README", file=sys.stderr)
         return 0
     if args.int8_bits is not None:
-        raise ValueError(f"--int8-bits {args.int8_bits} is for CTranslate2 models: add --ctranslate2, or leave it out")
+        raise NmtqError(f"--int8-bits {args.int8_bits} is for CTranslate2 models: add --ctranslate2, or leave it out")
     from .export import export_model
 
     report = export_model(args.model_dir, args.out_dir, huffman=args.huffman, dequantize=args.dequantize,
@@ -252,6 +254,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(fields)}")
     try:
         return args.func(args)
-    except (ValueError, FloatingPointError) as err:  # say what to fix, without a stack trace
-        print(f"nmtq {args.command}: error: {err}", file=sys.stderr)
+    except NmtqError as err:  # say what to fix, without a stack trace; anything else is a bug and keeps its trace
+        print(f"nmtq {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"nmtq {args.command}: interrupted{_resume_hint(args)}", file=sys.stderr)
+        return 130
+
+
+def _resume_hint(args: argparse.Namespace) -> str:
+    """How to go on after Ctrl-C: the same command resuming from its newest complete checkpoint."""
+    if args.command not in ("train", "distill", "distill-images"):
+        return ""
+    fields = list(args.fields)
+    if "--resume_from_checkpoint" in fields:
+        i = fields.index("--resume_from_checkpoint")
+        del fields[i:i + 2]
+    command = shlex.join(["nmtq", args.command, *fields, "--resume_from_checkpoint", "last"])
+    return f"; the checkpoints written so far are kept; go on with: {command}"

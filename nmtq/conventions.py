@@ -27,6 +27,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import NmtqError
+
 PREFIX_FAMILIES = ("t5", "mt5")  # model types that read a task prefix
 # ISO 639-1 to NLLB's ISO 639-3 for the languages of nmtq's data (the Bible's) and of WMT; others are passed as codes
 ISO_639_3 = {"cs": "ces", "de": "deu", "en": "eng", "es": "spa", "et": "est", "fi": "fin", "fr": "fra", "gu": "guj",
@@ -83,7 +85,7 @@ def _default_code(tokenizer: Any, codes: list[str], lang: str, which: str) -> st
         [code for code in codes if code.startswith(f"{lang}_") or code.startswith(f"{ISO_639_3.get(lang, '?')}_")]
     if len(matches) != 1:
         found = f"it has {', '.join(matches)}" if matches else "it has none"
-        raise ValueError(f"pass --{which}_lang_code: the {type(tokenizer).__name__} needs a language code for "
+        raise NmtqError(f"pass --{which}_lang_code: the {type(tokenizer).__name__} needs a language code for "
                          f"{which}_lang={lang!r}, and {found} (codes look like {', '.join(codes[:3])}, ...)")
     return matches[0]
 
@@ -100,7 +102,7 @@ def resolve_conventions(tokenizer: Any, config: Any, generation_config: Any, sou
     model_type = getattr(config, "model_type", None)
     key = prefix_key(source_lang, target_lang)
     if prefix and model_type not in PREFIX_FAMILIES:
-        raise ValueError(f"--source_prefix {prefix!r}: a {model_type} model reads no task prefix (only "
+        raise NmtqError(f"--source_prefix {prefix!r}: a {model_type} model reads no task prefix (only "
                          f"{', '.join(PREFIX_FAMILIES)} do); leave it out")
     if prefix is None:
         params = getattr(config, "task_specific_params", None) or {}
@@ -108,7 +110,7 @@ def resolve_conventions(tokenizer: Any, config: Any, generation_config: Any, sou
     if not takes_language_codes(tokenizer):
         given = [name for name, value in (("source", source_code), ("target", target_code)) if value]
         if given:
-            raise ValueError(f"--{given[0]}_lang_code: a {type(tokenizer).__name__} takes no language codes "
+            raise NmtqError(f"--{given[0]}_lang_code: a {type(tokenizer).__name__} takes no language codes "
                              f"({model_type} marks no languages); leave it out")
         return Conventions(prefix=prefix, prefix_key=key)
     codes = language_codes(tokenizer)
@@ -116,7 +118,7 @@ def resolve_conventions(tokenizer: Any, config: Any, generation_config: Any, sou
     target_code = target_code or _default_code(tokenizer, codes, target_lang, "target")
     for which, code in (("source", source_code), ("target", target_code)):
         if code not in codes:
-            raise ValueError(f"--{which}_lang_code {code!r} is not a language code of this "
+            raise NmtqError(f"--{which}_lang_code {code!r} is not a language code of this "
                              f"{type(tokenizer).__name__} (it has {', '.join(codes[:3])}, ...)")
     return Conventions(source_code, target_code, code_id(tokenizer, target_code), prefix, key)
 

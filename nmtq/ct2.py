@@ -39,6 +39,7 @@ from typing import Any
 import torch
 
 from .env import parse_cpuinfo, read_cpuinfo
+from .errors import NmtqError
 from .evaluation import _check_lengths, _check_model_dir, _max_source_length, _truncation, evaluate_with
 from .io import write_json_atomic
 from .quant.functional import encode_tensor, max_code
@@ -55,7 +56,7 @@ def _require_ctranslate2():
     try:
         import ctranslate2
     except ImportError as err:
-        raise ValueError("CTranslate2 is not installed: pip install 'nmtq[ct2]' (or pip install ctranslate2)") from err
+        raise NmtqError("CTranslate2 is not installed: pip install 'nmtq[ct2]' (or pip install ctranslate2)") from err
     return ctranslate2
 
 
@@ -64,10 +65,10 @@ def _model_type(model_dir: Path) -> str:
     _check_model_dir(model_dir)
     model_type = json.loads((model_dir / "config.json").read_text(encoding="utf-8")).get("model_type")
     if model_type == "nmtq-lstm":
-        raise ValueError(f"{model_dir} holds nmtq's LSTM student, which CTranslate2 cannot run (it runs "
+        raise NmtqError(f"{model_dir} holds nmtq's LSTM student, which CTranslate2 cannot run (it runs "
                          "Transformers): distill a Transformer student (--student_type transformer) to use it")
     if model_type not in SUPPORTED_MODEL_TYPES:
-        raise ValueError(f"{model_dir} holds a {model_type!r} model; nmtq converts {SUPPORTED_MODEL_TYPES} to "
+        raise NmtqError(f"{model_dir} holds a {model_type!r} model; nmtq converts {SUPPORTED_MODEL_TYPES} to "
                          "CTranslate2 (its Transformers converter has no FSMT mapping): train with --model_type "
                          "marian, or run this model with transformers")
     return model_type
@@ -89,7 +90,7 @@ def _load(model_dir: Path):
     # elsewhere every row needs its token
     padded = model.config.model_type in ("m2m_100", "t5", "mt5")
     if ids != list(range(len(ids))) or len(ids) > rows or (len(ids) < rows and not padded):
-        raise ValueError(f"{model_dir}: the tokenizer's {len(ids)} ids (from {ids[0]} to {ids[-1]}) do not number "
+        raise NmtqError(f"{model_dir}: the tokenizer's {len(ids)} ids (from {ids[0]} to {ids[-1]}) do not number "
                          f"the model's {rows} embedding rows 0..{rows - 1}: save the model with the tokenizer it "
                          "was trained with")
     return model, tokenizer
@@ -208,19 +209,19 @@ def convert_to_ctranslate2(model_dir: str | os.PathLike, out_dir: str | os.PathL
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     model_type = _model_type(model_dir)
     if quantization not in QUANTIZATIONS:
-        raise ValueError(f"quantization={quantization!r}: pass one of {QUANTIZATIONS} (int8 for a CPU)")
+        raise NmtqError(f"quantization={quantization!r}: pass one of {QUANTIZATIONS} (int8 for a CPU)")
     if int8_bits is not None and quantization not in INT8_QUANTIZATIONS:
-        raise ValueError(f"int8_bits={int8_bits} with quantization={quantization!r}: the bits are those of int8 "
+        raise NmtqError(f"int8_bits={int8_bits} with quantization={quantization!r}: the bits are those of int8 "
                          f"codes, so pass one of {INT8_QUANTIZATIONS}, or leave int8_bits out")
     if int8_bits is not None and (isinstance(int8_bits, bool) or int8_bits not in range(2, 9)):
-        raise ValueError(f"int8_bits={int8_bits!r}: pass 2 to 8 (7 keeps CTranslate2's int8 exact on x86 CPUs "
+        raise NmtqError(f"int8_bits={int8_bits!r}: pass 2 to 8 (7 keeps CTranslate2's int8 exact on x86 CPUs "
                          "without VNNI)")
     if quantization in INT8_QUANTIZATIONS and int8_bits is None:
         int8_bits = student_int8_bits(model_dir) or 8
     if out_dir.exists() and not force:
-        raise ValueError(f"{out_dir} exists: pass force=True (--force) to replace it, or choose another folder")
+        raise NmtqError(f"{out_dir} exists: pass force=True (--force) to replace it, or choose another folder")
     if out_dir.resolve() == model_dir.resolve() or out_dir.resolve() in model_dir.resolve().parents:
-        raise ValueError(f"{out_dir} would replace the model folder {model_dir}: choose another output folder")
+        raise NmtqError(f"{out_dir} would replace the model folder {model_dir}: choose another output folder")
     ct2 = _require_ctranslate2()
     model, tokenizer = _load(model_dir)
     spec = _model_spec(model, tokenizer)
@@ -275,7 +276,7 @@ class Ct2Translator:
     def __init__(self, model_dir: str | os.PathLike, compute_type: str = "int8", device: str = "cpu",
                  intra_threads: int | None = None, inter_threads: int = 1) -> None:
         if inter_threads < 1 or (intra_threads is not None and intra_threads < 1):
-            raise ValueError(f"inter_threads={inter_threads}, intra_threads={intra_threads}: pass positive numbers")
+            raise NmtqError(f"inter_threads={inter_threads}, intra_threads={intra_threads}: pass positive numbers")
         ct2, model_dir = _require_ctranslate2(), Path(model_dir)
         self.compute_type, self.inter_threads = compute_type, inter_threads
         threads = intra_threads or max(1, torch.get_num_threads() // inter_threads)
@@ -301,7 +302,7 @@ class Ct2Translator:
             self.translator = ct2.Translator(str(model_dir), device=device, compute_type=self.compute_type,
                                              intra_threads=threads, inter_threads=self.inter_threads)
         except (RuntimeError, ValueError) as err:
-            raise ValueError(f"CTranslate2 cannot load {model_dir} with compute_type={self.compute_type!r} on "
+            raise NmtqError(f"CTranslate2 cannot load {model_dir} with compute_type={self.compute_type!r} on "
                              f"{device} ({err}): convert it again, or pick a compute type this machine supports "
                              f"({sorted(ct2.get_supported_compute_types(device))})") from err
         finally:
@@ -323,7 +324,7 @@ class Ct2Translator:
         length inside CTranslate2.
         """
         if max_new_tokens < 1 or num_beams < 1 or batch_size < 1:
-            raise ValueError(f"max_new_tokens={max_new_tokens}, num_beams={num_beams}, batch_size={batch_size}: "
+            raise NmtqError(f"max_new_tokens={max_new_tokens}, num_beams={num_beams}, batch_size={batch_size}: "
                              "pass positive numbers")
         max_length = max_new_tokens - int(self.forced_eos)
         if not sources or max_length == 0:  # transformers' only token is then the forced </s>
@@ -344,7 +345,7 @@ class Ct2Translator:
         """
         _check_lengths(sources, {"references": references})
         if not sources:
-            raise ValueError("perplexity of no sentences: pass at least one source/reference pair")
+            raise NmtqError("perplexity of no sentences: pass at least one source/reference pair")
         labels = encode_targets(self.tokenizer, list(references), **_truncation(self.max_source_length))["input_ids"]
         targets = [self.tokenizer.convert_ids_to_tokens(row[:-1]) for row in labels]  # CTranslate2 adds </s>
         results = self.translator.score_batch(self._source_tokens(sources), targets, max_batch_size=batch_size,

@@ -42,6 +42,7 @@ from pathlib import Path
 
 import datasets
 
+from .errors import NmtqError
 from .hub import reachable
 
 __all__ = ["BIBLE_TRANSLATIONS", "CleaningReport", "DataError", "DataSpec", "clean_pairs", "load_corpus",
@@ -60,7 +61,7 @@ _FORMS = ("valid data specs: bible, bible:SRC-TGT (e.g. bible:de-en, bible:e-4),
 _FEATURES = datasets.Features({"source": datasets.Value("string"), "target": datasets.Value("string")})
 
 
-class DataError(ValueError):
+class DataError(NmtqError):
     """A data spec or a corpus that cannot be used; the message says what to fix."""
 
 

@@ -28,6 +28,7 @@ from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer
 
 from .args import DataArguments, NmtTrainingArguments
 from .conventions import apply_conventions, resolve_conventions
+from .errors import NmtqError
 from .export import CODES_FILE, save_codes
 from .io import write_json_atomic
 from .losses import TopK, distillation_loss
@@ -120,16 +121,16 @@ class DistillArguments(MethodArguments):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.student_type not in ("transformer", "lstm"):
-            raise ValueError(f"student_type={self.student_type!r}: pass 'transformer' or 'lstm'")
+            raise NmtqError(f"student_type={self.student_type!r}: pass 'transformer' or 'lstm'")
         if self.student_init not in ("teacher", "scratch"):
-            raise ValueError(f"student_init={self.student_init!r}: pass 'teacher' or 'scratch'")
+            raise NmtqError(f"student_init={self.student_init!r}: pass 'teacher' or 'scratch'")
         if not 0 <= self.sequence_kd <= 1:
-            raise ValueError(f"sequence_kd={self.sequence_kd}: pass a weight between 0 (references) and 1 "
+            raise NmtqError(f"sequence_kd={self.sequence_kd}: pass a weight between 0 (references) and 1 "
                              "(teacher translations)")
         if self.teacher_top_k < 0 or self.cache_shard_size < 1:
-            raise ValueError("teacher_top_k must be 0 (live teacher) or a positive k, and cache_shard_size positive")
+            raise NmtqError("teacher_top_k must be 0 (live teacher) or a positive k, and cache_shard_size positive")
         if self.method == "fp" and self.teacher_top_k:
-            raise ValueError("method=fp trains on the references alone, without the teacher's distribution: drop "
+            raise NmtqError("method=fp trains on the references alone, without the teacher's distribution: drop "
                              "teacher_top_k, or use method kd")
 
 
@@ -161,7 +162,7 @@ class DistillationTrainer(QuantizedTrainingMixin, Seq2SeqTrainer):
         elif cached is not None:
             teacher = cached
         elif self.teacher is None:
-            raise ValueError("this batch has no cached teacher outputs and the trainer has no teacher")
+            raise NmtqError("this batch has no cached teacher outputs and the trainer has no teacher")
         else:
             with torch.no_grad():
                 teacher = self.teacher(**inputs).logits
@@ -226,7 +227,7 @@ class DistillationCollator:
             for i, f in enumerate(features):
                 cached = cache[f["example_id"]]
                 if len(cached.ids) != len(f[stream]):
-                    raise ValueError(f"the teacher cache has {len(cached.ids)} tokens for example {f['example_id']}"
+                    raise NmtqError(f"the teacher cache has {len(cached.ids)} tokens for example {f['example_id']}"
                                      f" but it has {len(f[stream])}: the cache is stale; delete it")
                 ids[i, :len(cached.ids)], log_probs[i, :len(cached.ids)] = cached.ids, cached.log_probs.float()
             batch[prefix + "teacher_ids"], batch[prefix + "teacher_log_probs"] = ids, log_probs
@@ -255,14 +256,14 @@ def build_student(distill_args: DistillArguments, teacher):
     if distill_args.student_name_or_path and trimmed.is_file():
         trim = load_trim(trimmed)
         if not distill_args.trim_vocabulary:
-            raise ValueError(f"the student {distill_args.student_name_or_path} has a trimmed vocabulary ({TRIM_FILE}):"
+            raise NmtqError(f"the student {distill_args.student_name_or_path} has a trimmed vocabulary ({TRIM_FILE}):"
                              " pass --trim_vocabulary to distil it again")
         if (trim.old_size, trim.size) != (teacher_rows, rows):
-            raise ValueError(f"the student {distill_args.student_name_or_path} was trimmed from a {trim.old_size:,}-"
+            raise NmtqError(f"the student {distill_args.student_name_or_path} was trimmed from a {trim.old_size:,}-"
                              f"token teacher to {trim.size:,} tokens, but this teacher has {teacher_rows:,} and the "
                              f"student {rows:,}: distil it from the teacher it was trimmed from")
     elif rows != teacher_rows:
-        raise ValueError(
+        raise NmtqError(
             f"the student's vocabulary ({student.get_output_embeddings().weight.shape[0]}) differs from the "
             f"teacher's ({teacher.get_output_embeddings().weight.shape[0]}): word-level distillation needs one "
             "shared target vocabulary; build the student from the teacher or with the teacher's tokenizer")
@@ -273,7 +274,7 @@ def distill(data_args: DataArguments, distill_args: DistillArguments, quant_conf
             training_args: NmtTrainingArguments) -> dict:
     """Distil and/or quantize a student as ``distill_args.method`` says; return its test metrics and size."""
     if training_args.push_to_hub:
-        raise ValueError("nmtq distill does not push: the Trainer would upload fp32 checkpoints, not the quantized "
+        raise NmtqError("nmtq distill does not push: the Trainer would upload fp32 checkpoints, not the quantized "
                          "student. Run `nmtq export OUTPUT_DIR EXPORT_DIR`, then `nmtq push EXPORT_DIR --repo-id "
                          "NAME`")
     log = main_process_logger(training_args)

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from .env import environment
+from .errors import NmtqError
 from .io import write_json_atomic, write_text_atomic
 from .tokenizer import encode_targets
 
@@ -49,7 +50,7 @@ def _length_sorted_batches(lengths: Sequence[int], batch_size: int) -> Iterator[
         [[1, 3], [2, 0]]
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size}: pass a positive number of sentences per batch")
+        raise NmtqError(f"batch_size={batch_size}: pass a positive number of sentences per batch")
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])  # stable: ties keep their input order
     for start in range(0, len(order), batch_size):
         yield order[start:start + batch_size]
@@ -133,7 +134,7 @@ def perplexity(model: Any, tokenizer: Any, sources: list[str], references: list[
     """
     _check_lengths(sources, {"references": references})
     if not sources:
-        raise ValueError("perplexity of no sentences: pass at least one source/reference pair")
+        raise NmtqError("perplexity of no sentences: pass at least one source/reference pair")
     truncation = _truncation(_max_source_length(model, tokenizer))
     encoded = tokenizer(list(sources), **truncation)
     encoded["labels"] = encode_targets(tokenizer, list(references), **truncation)["input_ids"]
@@ -152,7 +153,7 @@ def perplexity(model: Any, tokenizer: Any, sources: list[str], references: list[
 def _check_lengths(hypotheses: Sequence[str], named_streams: dict[str, Sequence[Any]]) -> None:
     for name, stream in named_streams.items():
         if len(stream) != len(hypotheses):
-            raise ValueError(f"{name} has {len(stream)} lines but there are {len(hypotheses)} sentences to score: "
+            raise NmtqError(f"{name} has {len(stream)} lines but there are {len(hypotheses)} sentences to score: "
                              f"pass one line per sentence, in the same order")
 
 
@@ -179,7 +180,7 @@ def corpus_scores(hypotheses: list[str], references: list[str] | list[list[str]]
     streams = _reference_streams(references)
     _check_lengths(hypotheses, {f"reference set {k}": stream for k, stream in enumerate(streams)})
     if not hypotheses:
-        raise ValueError("no sentences to score: pass at least one hypothesis and its reference(s)")
+        raise NmtqError("no sentences to score: pass at least one hypothesis and its reference(s)")
     bleu_metric, chrf_metric = BLEU(), CHRF()
     bleu = bleu_metric.corpus_score(list(hypotheses), streams)
     chrf = chrf_metric.corpus_score(list(hypotheses), streams)
@@ -227,7 +228,7 @@ def evaluate_with(translate_fn: Callable[[list[str]], list[str]],
     streams = _reference_streams(references)
     _check_lengths(sources, {f"reference set {k}": stream for k, stream in enumerate(streams)})
     if not sources:
-        raise ValueError("no sentences to evaluate: pass at least one source and its reference(s)")
+        raise NmtqError("no sentences to evaluate: pass at least one source and its reference(s)")
     start = time.perf_counter()
     hypotheses = translate_fn(sources)
     seconds = time.perf_counter() - start
@@ -255,13 +256,13 @@ def evaluate_with(translate_fn: Callable[[list[str]], list[str]],
 
 def _check_model_dir(model_dir: Path) -> None:
     if not model_dir.is_dir():
-        raise ValueError(f"model directory {str(model_dir)!r} does not exist: pass a directory written by "
+        raise NmtqError(f"model directory {str(model_dir)!r} does not exist: pass a directory written by "
                          f"nmtq or save_pretrained (config.json, model.safetensors and the tokenizer files)")
     if not (model_dir / "config.json").is_file():
-        raise ValueError(f"{str(model_dir)!r} has no config.json: pass a directory written by save_pretrained")
+        raise NmtqError(f"{str(model_dir)!r} has no config.json: pass a directory written by save_pretrained")
     if not any((model_dir / name).is_file() for name in WEIGHT_FILES):
         found = sorted(p.name for p in model_dir.iterdir())
-        raise ValueError(
+        raise NmtqError(
             f"{str(model_dir)!r} holds no safetensors weights ({' or '.join(WEIGHT_FILES)}; found {found}): "
             f"save the model with save_pretrained, or convert a pytorch_model.bin you trust by loading it with "
             f"use_safetensors=False and saving it again")
@@ -307,7 +308,7 @@ def evaluate_directory(model_dir: str | os.PathLike, data_spec: str, split: str 
     conventions = Conventions()
     if engine == "ctranslate2":
         if source_lang_code or target_lang_code:
-            raise ValueError("a CTranslate2 folder keeps the language codes it was converted with (its tokenizer "
+            raise NmtqError("a CTranslate2 folder keeps the language codes it was converted with (its tokenizer "
                              "and nmtq_ct2.json): leave out --source-lang-code and --target-lang-code, or convert "
                              "a model saved with other codes")
         from .ct2 import Ct2Translator
@@ -318,7 +319,7 @@ def evaluate_directory(model_dir: str | os.PathLike, data_spec: str, split: str 
         conventions = Conventions(prefix=source_prefix if source_prefix is not None else prefix)
     elif engine == "transformers":
         if inter_threads != 1:
-            raise ValueError(f"inter_threads={inter_threads} is for engine='ctranslate2' (--engine ctranslate2): "
+            raise NmtqError(f"inter_threads={inter_threads} is for engine='ctranslate2' (--engine ctranslate2): "
                              "transformers decodes one batch at a time")
         _check_model_dir(model_dir)
         tokenizer = load_tokenizer(model_dir)
@@ -328,7 +329,7 @@ def evaluate_directory(model_dir: str | os.PathLike, data_spec: str, split: str 
                                           source_lang_code, target_lang_code, source_prefix)
         apply_conventions(conventions, tokenizer, model)
     else:
-        raise ValueError(f"engine={engine!r}: pass 'transformers' or 'ctranslate2'")
+        raise NmtqError(f"engine={engine!r}: pass 'transformers' or 'ctranslate2'")
     from .data import load_corpus  # imported on use: the rest of this module works without the data module
 
     dataset, report = load_corpus(data_spec, split=split, source_lang=source_lang, target_lang=target_lang,
@@ -338,7 +339,7 @@ def evaluate_directory(model_dir: str | os.PathLike, data_spec: str, split: str 
     if max_length is not None:
         sources, targets = keep_short_pairs(tokenizer, sources, targets, max_length)
     if not sources:
-        raise ValueError(f"no pairs of {data_spec!r} ({split}) left to evaluate out of {num_pairs}: "
+        raise NmtqError(f"no pairs of {data_spec!r} ({split}) left to evaluate out of {num_pairs}: "
                          f"raise max_length (now {max_length}) or check the data")
     sources = conventions.prefixed(sources)
     if engine == "ctranslate2":

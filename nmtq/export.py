@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from .card import CardFacts, model_card
+from .errors import NmtqError
 from .io import atomic_path
 from .methods import not_stored
 from .quant import QuantizedTensor, huffman_decode, huffman_encode, pack_codes, size_report, unpack_codes
@@ -75,20 +76,20 @@ def load_codes(path: str | os.PathLike) -> dict[str, QuantizedTensor]:
 
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"{path} does not exist: quantized codes are written by `nmtq distill` as {CODES_FILE}")
+        raise NmtqError(f"{path} does not exist: quantized codes are written by `nmtq distill` as {CODES_FILE}")
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
             if metadata.get("format") != _FORMAT:
-                raise ValueError(f"{path} is not an nmtq codes file (format {metadata.get('format')!r})")
+                raise NmtqError(f"{path} is not an nmtq codes file (format {metadata.get('format')!r})")
             header = json.loads(metadata["tensors"])
             tensors = {key: f.get_tensor(key) for key in f.keys()}
     except (SafetensorError, OSError, json.JSONDecodeError, KeyError) as err:
-        raise ValueError(f"{path} is truncated or corrupted ({err}): write it again") from err
+        raise NmtqError(f"{path} is truncated or corrupted ({err}): write it again") from err
     state = {}
     for name, info in header.items():
         if info["dtype"] not in _DTYPES:
-            raise ValueError(f"{path}: {name} has dtype {info['dtype']!r}; expected one of {sorted(_DTYPES)}")
+            raise NmtqError(f"{path}: {name} has dtype {info['dtype']!r}; expected one of {sorted(_DTYPES)}")
         mask = tensors.get(f"{name}.mask")
         state[name] = QuantizedTensor(
             codes=tensors[f"{name}.codes"], ranges=tensors[f"{name}.ranges"], bits=info["bits"],
@@ -148,11 +149,11 @@ def _read_json(path: Path, fix: str) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as err:
-        raise ValueError(f"{path} is missing: {fix}") from err
+        raise NmtqError(f"{path} is missing: {fix}") from err
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON ({err}): {fix}") from err
+        raise NmtqError(f"{path} is not valid JSON ({err}): {fix}") from err
     if not isinstance(data, dict):
-        raise ValueError(f"{path} does not hold a JSON object: {fix}")
+        raise NmtqError(f"{path} does not hold a JSON object: {fix}")
     return data
 
 
@@ -164,7 +165,7 @@ def _check_vocab(model, tokenizer, where: Path) -> None:
     targets = getattr(tokenizer, "tgt_vocab_size", None) or len(tokenizer)  # FSMT keeps two dictionaries
     pads = (tokenizer.pad_token_id, getattr(model.config, "pad_token_id", None))
     if len(tokenizer) > source_rows or targets > rows or (None not in pads and pads[0] != pads[1]):
-        raise ValueError(f"{where}: the tokenizer has {len(tokenizer)} tokens (padding id {pads[0]}) but the model's "
+        raise NmtqError(f"{where}: the tokenizer has {len(tokenizer)} tokens (padding id {pads[0]}) but the model's "
                          f"vocabulary has {rows} (padding id {pads[1]}): the tokenizer files belong to another model; "
                          "put the student's own tokenizer files there")
 
@@ -181,10 +182,10 @@ def _read_student(model_dir: Path) -> tuple:
     rerun = ("run `nmtq distill` with a quantized method (--method qd, dq or ptq) and export its output_dir; a "
              "full-precision student (fp, kd) needs no export: its directory is already a transformers checkpoint")
     if not model_dir.is_dir():
-        raise ValueError(f"{model_dir} is not a directory: pass the output_dir of `nmtq distill`")
+        raise NmtqError(f"{model_dir} is not a directory: pass the output_dir of `nmtq distill`")
     for name in ("quantization.json", CODES_FILE):
         if not (model_dir / name).is_file():
-            raise ValueError(f"{model_dir} has no {name}, so it holds no quantized codes: {rerun}")
+            raise NmtqError(f"{model_dir} has no {name}, so it holds no quantized codes: {rerun}")
     quantization = _read_json(model_dir / "quantization.json", rerun)
     image = _is_image_model(_read_json(model_dir / "config.json", rerun).get("model_type"))
     codes = load_codes(model_dir / CODES_FILE)
@@ -201,10 +202,10 @@ def _read_student(model_dir: Path) -> tuple:
     weights = model.state_dict(keep_vars=True)
     for name, q in codes.items():
         if q.bits > 8:
-            raise ValueError(f"{name} has {q.bits}-bit codes; an export packs 1 to 8 bits per code: distill with "
+            raise NmtqError(f"{name} has {q.bits}-bit codes; an export packs 1 to 8 bits per code: distill with "
                              "--bits 8 or fewer")
         if name not in weights or not torch.equal(q.dequantize(), weights[name].detach()):
-            raise ValueError(f"{model_dir}: the codes of {name} in {CODES_FILE} do not decode to the weights in "
+            raise NmtqError(f"{model_dir}: the codes of {name} in {CODES_FILE} do not decode to the weights in "
                              f"model.safetensors (files of two different runs?): {rerun}")
     metrics_path = model_dir / "test" / "metrics.json"
     metrics = _read_json(metrics_path, "write it again with `nmtq distill`") if metrics_path.exists() else None
@@ -336,7 +337,7 @@ def _export_config(quantization: Mapping, header: Mapping[str, dict], size, stor
 def _check_out_dir(out_dir: Path) -> None:
     earlier_export = (out_dir / EXPORT_CONFIG).is_file()
     if out_dir.exists() and not earlier_export and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise ValueError(f"{out_dir} exists and is not an nmtq export: remove it or choose another OUT_DIR (an "
+        raise NmtqError(f"{out_dir} exists and is not an nmtq export: remove it or choose another OUT_DIR (an "
                          "earlier export there would be replaced)")
 
 
@@ -380,7 +381,7 @@ def export_size(out_dir: str | os.PathLike) -> ExportSize:
     path, storage = out_dir / WEIGHTS_FILE, config.get("storage", "packed")
     accounted = (config.get("size") or {}).get("huffman_bytes" if storage == "huffman" else "packed_bytes")
     if not isinstance(accounted, int) or not path.is_file():
-        raise ValueError(f"{out_dir} lacks {WEIGHTS_FILE} or the size in {EXPORT_CONFIG}: export it again")
+        raise NmtqError(f"{out_dir} lacks {WEIGHTS_FILE} or the size in {EXPORT_CONFIG}: export it again")
     with path.open("rb") as f:
         header = 8 + int.from_bytes(f.read(8), "little")
     return ExportSize(path.stat().st_size, header, accounted, storage)
@@ -408,7 +409,7 @@ def load_exported(out_dir: str | os.PathLike) -> tuple:
     try:
         config = AutoConfig.from_pretrained(str(out_dir))
     except (OSError, ValueError) as err:
-        raise ValueError(f"{out_dir}/config.json is missing or damaged ({err}): export again") from err
+        raise NmtqError(f"{out_dir}/config.json is missing or damaged ({err}): export again") from err
     dtypes = {q.dtype for q in quantized.values()}
     image = _is_image_model(config.model_type)
     auto = AutoModelForImageClassification if image else AutoModelForSeq2SeqLM
@@ -437,15 +438,15 @@ def _read_export(out_dir: Path) -> tuple[dict[str, QuantizedTensor], dict[str, t
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
             if metadata.get("format") != EXPORT_FORMAT or config.get("format") != EXPORT_FORMAT:
-                raise ValueError(f"{path} or {EXPORT_CONFIG} is not in the format {EXPORT_FORMAT} (found "
+                raise NmtqError(f"{path} or {EXPORT_CONFIG} is not in the format {EXPORT_FORMAT} (found "
                                  f"{metadata.get('format')!r} and {config.get('format')!r}): {again}")
             header = json.loads(metadata["quantized"])
             tensors = {key: f.get_tensor(key) for key in f.keys()}
     except (SafetensorError, OSError, json.JSONDecodeError, KeyError) as err:
-        raise ValueError(f"{path} is missing, truncated or corrupted ({err}): {again}") from err
+        raise NmtqError(f"{path} is missing, truncated or corrupted ({err}): {again}") from err
     bits = {name: info.get("bits") for name, info in header.items()}
     if bits != config.get("bits"):
-        raise ValueError(f"{EXPORT_CONFIG} and {path.name} disagree on the quantized tensors or their bits "
+        raise NmtqError(f"{EXPORT_CONFIG} and {path.name} disagree on the quantized tensors or their bits "
                          f"({sorted(set(bits.items()) ^ set((config.get('bits') or {}).items()))[:3]}): {again}")
     quantized = {name: _decode(name, info, tensors, path) for name, info in header.items()}
     parts = {f"{name}.{part}" for name in header for part in _QUANTIZED_PARTS}
@@ -462,9 +463,9 @@ def _decode(name: str, info: Mapping, tensors: Mapping[str, torch.Tensor], path:
         if f"{name}.mask" in tensors:
             mask = unpack_codes(tensors[f"{name}.mask"], 1, numel).bool().reshape(shape)
             if int(mask.sum()) != kept:
-                raise ValueError(f"the mask keeps {int(mask.sum())} weights but {kept} codes are stored")
+                raise NmtqError(f"the mask keeps {int(mask.sum())} weights but {kept} codes are stored")
         elif kept != numel:
-            raise ValueError(f"{kept} codes are stored for {numel} weights and there is no mask")
+            raise NmtqError(f"{kept} codes are stored for {numel} weights and there is no mask")
         if f"{name}.codes" in tensors:
             stored = unpack_codes(tensors[f"{name}.codes"], bits, kept)
         else:
@@ -473,11 +474,11 @@ def _decode(name: str, info: Mapping, tensors: Mapping[str, torch.Tensor], path:
         _check_codes(stored, bits, scaling, points)
         expected = (num_buckets(numel, shape, bucket_size), 2 if scaling == "linear" else 1)
         if tuple(ranges.shape) != expected or not ranges.is_floating_point():
-            raise ValueError(f"ranges have shape {tuple(ranges.shape)}, {ranges.dtype}; expected float {expected}")
+            raise NmtqError(f"ranges have shape {tuple(ranges.shape)}, {ranges.dtype}; expected float {expected}")
         codes = stored if mask is None else stored.new_zeros(numel).masked_scatter_(mask.reshape(-1), stored)
         return QuantizedTensor(codes, ranges, bits, bucket_size, scaling, shape, dtype, points, mask)
     except (KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"{path}: the quantized tensor {name} cannot be decoded ({err}): the file is corrupted "
+        raise NmtqError(f"{path}: the quantized tensor {name} cannot be decoded ({err}): the file is corrupted "
                          "or was edited; export the student again with `nmtq export MODEL_DIR OUT_DIR`") from err
 
 
@@ -488,7 +489,7 @@ def _check_codes(codes: torch.Tensor, bits: int, scaling: str, points: torch.Ten
     if points is not None:
         check_points(points)
     if codes.numel() and int(codes.max()) > top:
-        raise ValueError(f"code {int(codes.max())} is out of range: {bits}-bit codes here lie in [0, {top}]")
+        raise NmtqError(f"code {int(codes.max())} is out of range: {bits}-bit codes here lie in [0, {top}]")
 
 
 def _load_weights(model, values: Mapping[str, torch.Tensor], path: Path) -> None:
@@ -501,17 +502,17 @@ def _load_weights(model, values: Mapping[str, torch.Tensor], path: Path) -> None
     for names in groups.values():
         found = [n for n in names if n in values]
         if not found and not set(names) <= skipped:
-            raise ValueError(f"{path} has no tensor for {names[0]} of {type(model).__name__}: config.json and "
+            raise NmtqError(f"{path} has no tensor for {names[0]} of {type(model).__name__}: config.json and "
                              "model.safetensors come from different models; export the student again")
         for n in names if found else ():
             value = values[found[0]]
             if value.shape != params[n].shape or value.dtype != params[n].dtype:
-                raise ValueError(f"{path}: {found[0]} is {value.dtype} {tuple(value.shape)} but the model built "
+                raise NmtqError(f"{path}: {found[0]} is {value.dtype} {tuple(value.shape)} but the model built "
                                  f"from config.json expects {params[n].dtype} {tuple(params[n].shape)}: export "
                                  "the student again")
             state[n] = value
         unused -= set(found)
     if unused:
-        raise ValueError(f"{path} holds tensors {sorted(unused)[:3]} that {type(model).__name__} does not have: "
+        raise NmtqError(f"{path} holds tensors {sorted(unused)[:3]} that {type(model).__name__} does not have: "
                          "config.json and model.safetensors come from different models; export the student again")
     model.load_state_dict(state, strict=False)  # what is left out is recomputed on init (sinusoidal tables)

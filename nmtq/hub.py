@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from .errors import NmtqError
+
 
 def reachable(url: str, timeout: float = 5.0) -> bool:
     """Whether a TCP connection to ``url``'s host (or proxy) opens in ``timeout`` s (DNS lookup included).
@@ -47,7 +49,7 @@ def require_hub(name: str, what: str) -> None:
     from huggingface_hub import constants
 
     if not reachable(constants.ENDPOINT):
-        raise ValueError(f"{name!r} is not a local directory and the Hugging Face Hub ({constants.ENDPOINT}) "
+        raise NmtqError(f"{name!r} is not a local directory and the Hugging Face Hub ({constants.ENDPOINT}) "
                          f"could not be reached to download the {what}: pass a local directory written by "
                          "save_pretrained, or set HF_HUB_OFFLINE=1 to use a cached copy")
 
@@ -110,17 +112,17 @@ def check_folder(folder: str | os.PathLike) -> tuple[list[tuple[str, int]], list
     root = Path(folder)
     again = "export the model with `nmtq export MODEL_DIR OUT_DIR` and push OUT_DIR"
     if not root.is_dir():
-        raise ValueError(f"{root} is not a directory: pass a folder written by `nmtq export` (or save_pretrained)")
+        raise NmtqError(f"{root} is not a directory: pass a folder written by `nmtq export` (or save_pretrained)")
     files = upload_files(root)
     paths = {path for path, _ in files}
     weights = {"model.safetensors", "model.safetensors.index.json"} & paths
     if "config.json" not in paths or not weights:
         lacking = " and ".join(n for n, ok in (("config.json", "config.json" in paths),
                                                 ("model.safetensors", weights)) if not ok)
-        raise ValueError(f"{root} lacks {lacking}, so it is not a model folder: {again}")
+        raise NmtqError(f"{root} lacks {lacking}, so it is not a model folder: {again}")
     pickles = [path for path in sorted(paths) if path.lower().endswith(PICKLE_SUFFIXES)]
     if pickles:
-        raise ValueError(f"{root} holds pickle files ({', '.join(pickles[:5])}): loading a pickle runs code, so "
+        raise NmtqError(f"{root} holds pickle files ({', '.join(pickles[:5])}): loading a pickle runs code, so "
                          "nmtq pushes safetensors only; remove them from the folder (model.safetensors holds the "
                          f"weights) or {again}")
     notes = [] if "README.md" in paths else [f"{root} has no README.md, so the repository gets no model card: "
@@ -137,14 +139,14 @@ def check_repo_id(repo_id: str, option: str = "--repo-id") -> None:
         >>> check_repo_id("alice/de en")
         Traceback (most recent call last):
         ...
-        ValueError: --repo-id 'alice/de en' is not a Hub repository id ...
+        nmtq.errors.NmtqError: --repo-id 'alice/de en' is not a Hub repository id ...
     """
     from huggingface_hub.utils import validate_repo_id
 
     try:
         validate_repo_id(repo_id)
     except ValueError as err:  # HFValidationError
-        raise ValueError(f"{option} {repo_id!r} is not a Hub repository id ({err}): use NAME or NAMESPACE/NAME "
+        raise NmtqError(f"{option} {repo_id!r} is not a Hub repository id ({err}): use NAME or NAMESPACE/NAME "
                          "with letters, digits, '-', '_' and '.', at most 96 characters, no '--' or '..', not "
                          "ending in .git, e.g. alice/bible-de-en-qd4") from None
 
@@ -154,9 +156,9 @@ def _require_hub_for(what: str) -> None:
     from huggingface_hub import constants
 
     if _offline():
-        raise ValueError(f"HF_HUB_OFFLINE is set, so {what}: unset HF_HUB_OFFLINE (nothing was uploaded)")
+        raise NmtqError(f"HF_HUB_OFFLINE is set, so {what}: unset HF_HUB_OFFLINE (nothing was uploaded)")
     if not reachable(constants.ENDPOINT):
-        raise ValueError(f"the Hub is unreachable ({constants.ENDPOINT} did not answer within 5 s), so {what}: check "
+        raise NmtqError(f"the Hub is unreachable ({constants.ENDPOINT} did not answer within 5 s), so {what}: check "
                          "the network or proxy (HTTPS_PROXY) and try again; nothing was uploaded")
 
 
@@ -166,7 +168,7 @@ def _resolve_token(token: str | None, what: str) -> str:
 
     resolved = token or get_token()
     if not resolved:
-        raise ValueError(f"no Hugging Face token was found, so {what}: {_LOGIN}; nothing was uploaded")
+        raise NmtqError(f"no Hugging Face token was found, so {what}: {_LOGIN}; nothing was uploaded")
     return resolved
 
 
@@ -205,13 +207,13 @@ def push_folder(folder: str | os.PathLike, repo_id: str, private: bool = False, 
         repo_url = api.create_repo(repo_id, token=resolved, private=True if private else None, repo_type="model",
                                    exist_ok=True)
     except Exception as err:  # httpx/HTTP errors of every kind: say what failed, and that nothing was made
-        raise ValueError(f"creating {repo_id} on the Hub failed ({type(err).__name__}: {err}): "
+        raise NmtqError(f"creating {repo_id} on the Hub failed ({type(err).__name__}: {err}): "
                          f"{_hint(err)}; nothing was created or uploaded") from err
     try:
         commit = api.create_commit(repo_id, operations, commit_message=commit_message or f"Upload {root.name} with "
                                    "nmtq push", token=resolved, repo_type="model")
     except Exception as err:
-        raise ValueError(f"uploading {root} to {repo_url} failed ({type(err).__name__}: {err}): {_hint(err)}; the "
+        raise NmtqError(f"uploading {root} to {repo_url} failed ({type(err).__name__}: {err}): {_hint(err)}; the "
                          "commit was not made, so the repository holds none of these files; run the push again"
                          ) from err
     return PushReport(repo_id, tuple(files), str(repo_url), commit.commit_url, tuple(notes))

@@ -18,6 +18,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from .errors import NmtqError
+
 __all__ = ["TopK", "distillation_loss", "top_k"]
 
 
@@ -40,7 +42,7 @@ def top_k(logits: torch.Tensor, k: int) -> TopK:
         [[1, 2]]
     """
     if not 1 <= k <= logits.shape[-1]:
-        raise ValueError(f"k={k} must lie between 1 and the vocabulary size {logits.shape[-1]}")
+        raise NmtqError(f"k={k} must lie between 1 and the vocabulary size {logits.shape[-1]}")
     values, ids = F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1).topk(k, dim=-1)
     return TopK(ids, values)
 
@@ -50,34 +52,34 @@ def _check(student_logits: torch.Tensor, teacher_logits: torch.Tensor | TopK, la
     if isinstance(teacher_logits, TopK):
         ids, log_probs = teacher_logits
         if ids.shape != log_probs.shape or ids.shape[:-1] != student_logits.shape[:-1]:
-            raise ValueError(
+            raise NmtqError(
                 f"teacher top-k ids {tuple(ids.shape)} and log-probabilities {tuple(log_probs.shape)} must both be "
                 f"{tuple(student_logits.shape[:-1])} + (k,): the cached teacher outputs do not match this batch"
             )
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= student_logits.shape[-1]):
-            raise ValueError(
+            raise NmtqError(
                 f"teacher top-k ids reach {int(ids.max())} but the student has {student_logits.shape[-1]} classes: "
                 "the cache was written for another vocabulary; delete it and distil again"
             )
     elif student_logits.shape != teacher_logits.shape:
-        raise ValueError(
+        raise NmtqError(
             f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} "
             "differ in shape: the student and the teacher must share the vocabulary (same tokenizer, same "
             "number of classes) and see the same batch"
         )
     if student_logits.dim() < 2:
-        raise ValueError(
+        raise NmtqError(
             f"logits must be (batch, vocab) or (batch, seq, vocab), got {tuple(student_logits.shape)}"
         )
     if labels.shape != student_logits.shape[:-1]:
-        raise ValueError(
+        raise NmtqError(
             f"labels have shape {tuple(labels.shape)}; expected {tuple(student_logits.shape[:-1])} "
             "(the logits' shape without the vocabulary dimension)"
         )
     if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha={alpha!r} must lie in [0, 1] (the weight of the distillation term)")
+        raise NmtqError(f"alpha={alpha!r} must lie in [0, 1] (the weight of the distillation term)")
     if not temperature > 0:
-        raise ValueError(f"temperature={temperature!r} must be positive (1.0 leaves the softmax unchanged)")
+        raise NmtqError(f"temperature={temperature!r} must be positive (1.0 leaves the softmax unchanged)")
 
 
 def distillation_loss(

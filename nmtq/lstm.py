@@ -35,6 +35,8 @@ from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 
+from .errors import NmtqError
+
 __all__ = ["LstmCache", "LstmForConditionalGeneration", "LstmSeq2SeqConfig", "register"]
 
 ATTENTION_TYPES = ("general", "dot")
@@ -90,23 +92,23 @@ class LstmSeq2SeqConfig(PreTrainedConfig):
                      "max_position_embeddings"):
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
-                raise ValueError(f"{name}={value!r} must be a positive integer")
+                raise NmtqError(f"{name}={value!r} must be a positive integer")
         if self.bidirectional_encoder and self.hidden_size % 2:
-            raise ValueError(f"hidden_size={self.hidden_size} must be even with bidirectional_encoder=True (each "
+            raise NmtqError(f"hidden_size={self.hidden_size} must be even with bidirectional_encoder=True (each "
                              "direction gets half); pass an even size or bidirectional_encoder=False")
         if self.attention_type not in ATTENTION_TYPES:
-            raise ValueError(f"attention_type={self.attention_type!r}: pass one of {', '.join(ATTENTION_TYPES)}")
+            raise NmtqError(f"attention_type={self.attention_type!r}: pass one of {', '.join(ATTENTION_TYPES)}")
         if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout={self.dropout!r} must lie in [0, 1)")
+            raise NmtqError(f"dropout={self.dropout!r} must lie in [0, 1)")
         if not self.init_range > 0:
-            raise ValueError(f"init_range={self.init_range!r} must be positive (OpenNMT uses 0.1)")
+            raise NmtqError(f"init_range={self.init_range!r} must be positive (OpenNMT uses 0.1)")
         for name in ("pad_token_id", "eos_token_id", "decoder_start_token_id"):
             value = getattr(self, name)
             if not _is_int(value) or not 0 <= value < self.vocab_size:
-                raise ValueError(f"{name}={value!r} must be a token id in [0, {self.vocab_size}) "
+                raise NmtqError(f"{name}={value!r} must be a token id in [0, {self.vocab_size}) "
                                  "(vocab_size counts every id, special tokens included)")
         if self.is_encoder_decoder is not True:
-            raise ValueError("is_encoder_decoder must be True: this is an encoder-decoder model")
+            raise NmtqError("is_encoder_decoder must be True: this is an encoder-decoder model")
 
 
 def _is_int(value: Any) -> bool:
@@ -142,7 +144,7 @@ class LstmCache(Cache):
     def __init__(self, hidden: torch.Tensor, cell: torch.Tensor, seen_tokens: int = 0) -> None:
         super().__init__(layers=[])
         if hidden.shape != cell.shape or hidden.dim() != 3:
-            raise ValueError(f"hidden {tuple(hidden.shape)} and cell {tuple(cell.shape)} must both be "
+            raise NmtqError(f"hidden {tuple(hidden.shape)} and cell {tuple(cell.shape)} must both be "
                              "(layers, batch, hidden_size)")
         self.hidden, self.cell, self.seen_tokens = hidden, cell, seen_tokens
 
@@ -168,7 +170,7 @@ class LstmCache(Cache):
         self.cell = self.cell.repeat_interleave(repeats, dim=1)
 
     def crop(self, tokens_to_remove: int) -> None:
-        raise ValueError("an LSTM state cannot be cropped back to an earlier token: decode without assisted "
+        raise NmtqError("an LSTM state cannot be cropped back to an earlier token: decode without assisted "
                          "generation (no assistant_model or prompt_lookup_num_tokens)")
 
     def reset(self) -> None:
@@ -200,7 +202,7 @@ def source_lengths(attention_mask: torch.Tensor | None, batch_size: int, seq_len
     lengths = attention_mask.long().sum(-1)
     positions = torch.arange(seq_len, device=attention_mask.device)
     if not torch.equal(attention_mask.bool(), positions < lengths[:, None]):
-        raise ValueError("attention_mask must be right-padded (ones, then zeros) for the LSTM encoder; pad sources "
+        raise NmtqError("attention_mask must be right-padded (ones, then zeros) for the LSTM encoder; pad sources "
                          "on the right (tokenizer.padding_side = 'right')")
     return lengths.clamp(min=1).to(device)
 
@@ -358,11 +360,11 @@ class LstmForConditionalGeneration(PreTrainedModel, GenerationMixin):
         """
         if decoder_input_ids is None:
             if labels is None:
-                raise ValueError("pass decoder_input_ids or labels (decoder inputs are labels shifted right)")
+                raise NmtqError("pass decoder_input_ids or labels (decoder inputs are labels shifted right)")
             decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
         if encoder_outputs is None:
             if input_ids is None:
-                raise ValueError("pass input_ids (the source) or encoder_outputs from model.get_encoder()")
+                raise NmtqError("pass input_ids (the source) or encoder_outputs from model.get_encoder()")
             encoder_outputs = self.encoder(input_ids, attention_mask)
         elif not isinstance(encoder_outputs, BaseModelOutput):
             encoder_outputs = BaseModelOutput(last_hidden_state=encoder_outputs[0])
@@ -387,7 +389,7 @@ class LstmForConditionalGeneration(PreTrainedModel, GenerationMixin):
             return cache
         if cache is None or (isinstance(cache, Cache) and cache.get_seq_length() == 0):
             return self.decoder.initial_state(memory, attention_mask)
-        raise ValueError(f"the cache is a {type(cache).__name__} holding decoded tokens; pass the LstmCache returned "
+        raise NmtqError(f"the cache is a {type(cache).__name__} holding decoded tokens; pass the LstmCache returned "
                          "by a previous forward(use_cache=True), or None to start decoding")
 
 

@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+from .errors import NmtqError
 from .io import atomic_path, write_json_atomic
 from .losses import distillation_loss
 from .quant import Quantizer, QuantizerConfig, SizeReport, size_report
@@ -73,26 +74,26 @@ class MethodArguments:
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise ValueError(f"method={self.method!r}: pass one of {', '.join(METHODS)}")
+            raise NmtqError(f"method={self.method!r}: pass one of {', '.join(METHODS)}")
         self.alternate_every = self._alternation()
         if (self.method == "ptq" or self.method == "dq" and self.alternate_every is None) \
                 and not self.student_name_or_path:
-            raise ValueError(f"method={self.method} starts from a trained student: pass --student_name_or_path "
+            raise NmtqError(f"method={self.method} starts from a trained student: pass --student_name_or_path "
                              "(a directory written with --method kd, say)"
                              + ("; or alternate weights and points from a fresh student with --alternate_every"
                                 if self.method == "dq" else ""))
         if not 0 <= self.alpha <= 1 or self.temperature <= 0:
-            raise ValueError(f"need 0 <= alpha <= 1 and temperature > 0, got {self.alpha}, {self.temperature}")
+            raise NmtqError(f"need 0 <= alpha <= 1 and temperature > 0, got {self.alpha}, {self.temperature}")
         if not 0 <= self.sparsity < 1 or self.prune_every < 1 or self.prune_start_step < 0:
-            raise ValueError(f"sparsity={self.sparsity}, prune_every={self.prune_every}, prune_start_step="
+            raise NmtqError(f"sparsity={self.sparsity}, prune_every={self.prune_every}, prune_start_step="
                              f"{self.prune_start_step}: pass 0 <= sparsity < 1, prune_every >= 1, start >= 0")
         if self.sparsity and not self.quantized:
-            raise ValueError(f"sparsity prunes the quantized tensors: use method qd, dq or ptq, not {self.method}")
+            raise NmtqError(f"sparsity prunes the quantized tensors: use method qd, dq or ptq, not {self.method}")
         if self.prune_end_step is not None and self.prune_end_step < self.prune_start_step:
-            raise ValueError(f"prune_end_step={self.prune_end_step} comes before prune_start_step="
+            raise NmtqError(f"prune_end_step={self.prune_end_step} comes before prune_start_step="
                              f"{self.prune_start_step}")
         if self.mean_bits is not None and not self.quantized:
-            raise ValueError(f"mean_bits spreads the bits of quantized tensors: use method qd, dq or ptq, not "
+            raise NmtqError(f"mean_bits spreads the bits of quantized tensors: use method qd, dq or ptq, not "
                              f"{self.method}")
 
     def _alternation(self) -> int | str | None:
@@ -101,11 +102,11 @@ class MethodArguments:
         if value is None or str(value).lower() in ("", "none"):
             return None
         if self.method != "dq":
-            raise ValueError(f"alternate_every applies to method dq only (the method is {self.method})")
+            raise NmtqError(f"alternate_every applies to method dq only (the method is {self.method})")
         if str(value).lower() == "epoch":
             return "epoch"
         if not str(value).isdigit() or int(value) < 1:
-            raise ValueError(f"alternate_every={value!r}: pass a positive number of optimizer steps or 'epoch'")
+            raise NmtqError(f"alternate_every={value!r}: pass a positive number of optimizer steps or 'epoch'")
         return int(value)
 
     @property
@@ -136,7 +137,7 @@ class QuantizedTrainingMixin:
         super().__init__(*args, **kwargs)
         self.quantizer, self.alternate_every = quantizer, alternate_every
         if alternate_every is not None and (quantizer is None or not quantizer.config.learn_points):
-            raise ValueError("alternate_every needs a quantizer with learned points (method dq)")
+            raise NmtqError("alternate_every needs a quantizer with learned points (method dq)")
 
     def points_phase(self) -> bool:
         """With alternation: whether this step updates the points (else the weights)."""
@@ -170,7 +171,7 @@ class QuantizedTrainingMixin:
         if num_items_in_batch is not None and self.args.average_tokens_across_devices:
             loss = loss * self.accelerator.num_processes
         if not torch.isfinite(loss):
-            raise FloatingPointError(
+            raise NmtqError(
                 f"the distillation loss is {loss.item()} at step {self.state.global_step}: stopping before the "
                 f"weights are damaged; the last good checkpoint is kept in {self.args.output_dir}. Lower "
                 "learning_rate or raise bits, then resume with --resume_from_checkpoint last")
@@ -282,7 +283,7 @@ def prepare_quantizer(student, method_args: MethodArguments, quant_config: Quant
     quantizer = Quantizer(student, config)
     if method_args.mean_bits is not None:
         if teacher is None or train_set is None or collator is None:
-            raise ValueError("mean_bits spreads the bits by the gradient of the distillation loss: it needs the "
+            raise NmtqError("mean_bits spreads the bits by the gradient of the distillation loss: it needs the "
                              "teacher loaded (pass --teacher) and training data")
         batches = first_batches(train_set, collator)
         bits = allocate_bits_by_gradient(quantizer, student, teacher, batches, method_args.mean_bits,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 
 from .args import ModelArguments
+from .errors import NmtqError
 from .hub import require_hub
 
 
@@ -62,7 +63,7 @@ def load_model(name_or_path: str | os.PathLike):
     try:
         model = AutoModelForSeq2SeqLM.from_pretrained(str(name_or_path), use_safetensors=True)
     except (OSError, ValueError) as err:
-        raise ValueError(
+        raise NmtqError(
             f"could not load a seq2seq model from {str(name_or_path)!r}: pass a directory written by "
             f"save_pretrained with model.safetensors, or a Hub id when online ({err})"
         ) from err

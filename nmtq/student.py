@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import NmtqError
+
 
 @dataclass(frozen=True)
 class LayerLayout:
@@ -51,7 +53,7 @@ def layout_of(config) -> LayerLayout:
     """The :class:`LayerLayout` of ``config.model_type``; a one-line ``ValueError`` for a family nmtq lacks."""
     layout = LAYOUTS.get(getattr(config, "model_type", None))
     if layout is None:
-        raise ValueError(f"nmtq cannot make a student of a {getattr(config, 'model_type', '?')!r} model: it knows "
+        raise NmtqError(f"nmtq cannot make a student of a {getattr(config, 'model_type', '?')!r} model: it knows "
                          f"{', '.join(sorted(LAYOUTS))} (NLLB is m2m_100); pass --student_name_or_path with a "
                          "student you built")
     return layout
@@ -75,7 +77,7 @@ def depth(config) -> tuple[int, int]:
 def spread_layers(teacher_layers: int, student_layers: int) -> list[int]:
     """Teacher layer indices for each student layer, evenly spread, first and last included."""
     if not 1 <= student_layers <= teacher_layers:
-        raise ValueError(f"a student needs between 1 and {teacher_layers} layers (the teacher's), "
+        raise NmtqError(f"a student needs between 1 and {teacher_layers} layers (the teacher's), "
                          f"got {student_layers}")
     if student_layers == 1:
         return [teacher_layers - 1]
@@ -94,7 +96,7 @@ def make_student(teacher, encoder_layers: int | None = None, decoder_layers: int
     start, forced BOS/EOS, bad words, beams, lengths), so that its ``generate`` behaves as the teacher's does.
     """
     if init not in ("teacher", "scratch"):
-        raise ValueError(f"student_init={init!r}: pass 'teacher' or 'scratch'")
+        raise NmtqError(f"student_init={init!r}: pass 'teacher' or 'scratch'")
     layout = layout_of(teacher.config)
     teacher_depth = dict(zip(("encoder", "decoder"), depth(teacher.config)))
     requested = {"encoder": encoder_layers, "decoder": decoder_layers}

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .env import describe_environment, environment
+from .errors import NmtqError
 from .io import atomic_path, write_json_atomic, write_text_atomic
 
 TABLE_METHODS = ("fp", "kd", "ptq", "qd", "dq")
@@ -79,15 +80,15 @@ class TableArguments:
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
-            raise ValueError(f"task={self.task!r}: pass one of {', '.join(TASKS)}")
+            raise NmtqError(f"task={self.task!r}: pass one of {', '.join(TASKS)}")
         unknown = sorted(set(self.methods) - set(TABLE_METHODS))
         if unknown:
-            raise ValueError(f"methods {unknown}: pass some of {', '.join(TABLE_METHODS)}")
+            raise NmtqError(f"methods {unknown}: pass some of {', '.join(TABLE_METHODS)}")
         if not self.bits or any(not 1 <= int(b) <= 8 for b in self.bits):
-            raise ValueError(f"bits={self.bits}: pass one or more widths between 1 and 8")
+            raise NmtqError(f"bits={self.bits}: pass one or more widths between 1 and 8")
         self.bits = [int(b) for b in self.bits]
         if not self.students:
-            raise ValueError("students is empty: name at least one `nmtq distill` recipe")
+            raise NmtqError("students is empty: name at least one `nmtq distill` recipe")
 
 
 @dataclass
@@ -139,7 +140,7 @@ def plan(args: TableArguments) -> tuple[list[str], Path, list[Run]]:
                 "--teacher", str(teacher_dir)]
         key = _student_key(parse_train_args(base[1:], classes), args.task)
         if any(r.student == key for r in runs):
-            raise ValueError(f"two students are {key!r}: give each one entry")
+            raise NmtqError(f"two students are {key!r}: give each one entry")
         kd_dir = out / key / "kd"
         if "fp" in args.methods:
             runs.append(Run(f"{key} FP fp32", key, "fp", 32, list(base), out / key / "fp"))
@@ -173,7 +174,7 @@ def _call(argv: list[str], output_dir: Path, what: str, log) -> tuple[dict, floa
         argv = [*argv, "--resume_from_checkpoint", "last"]
     start = time.monotonic()
     if main(argv) != 0:
-        raise ValueError(f"{what} failed (see the error above): nmtq {shlex.join(argv)}")
+        raise NmtqError(f"{what} failed (see the error above): nmtq {shlex.join(argv)}")
     seconds = time.monotonic() - start
     write_json_atomic(time_file, {"seconds": round(seconds, 1), "hardware": describe_environment(environment())})
     return json.loads(metrics_file.read_text()), seconds
@@ -185,7 +186,7 @@ def make_table(args: TableArguments) -> dict:
         try:
             import matplotlib  # noqa: F401
         except ImportError as err:
-            raise ValueError("plot=true needs matplotlib: pip install 'nmtq[plot]', or pass --plot false") from err
+            raise NmtqError("plot=true needs matplotlib: pip install 'nmtq[plot]', or pass --plot false") from err
     teacher_argv, teacher_dir, runs = plan(args)
     from .methods import fp32_size
     from .models import load_model

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from .errors import NmtqError
 from .io import atomic_path, write_json_atomic, write_text_atomic
 from .losses import TopK, top_k
 
@@ -74,7 +75,7 @@ class _Shards:
     def __init__(self, directory: Path, prefix: str, suffix: str, num_examples: int, shard_size: int,
                  meta: dict) -> None:
         if shard_size < 1:
-            raise ValueError(f"cache_shard_size={shard_size}: pass a positive number of examples per shard")
+            raise NmtqError(f"cache_shard_size={shard_size}: pass a positive number of examples per shard")
         self.directory, self.prefix, self.suffix = Path(directory), prefix, suffix
         self.num_examples, self.shard_size = num_examples, shard_size
         self.count = math.ceil(num_examples / shard_size)
@@ -124,7 +125,7 @@ def cache_translations(teacher, tokenizer, sources: Sequence[str], directory: st
     for shard in range(shards.count):
         lines = shards.path(shard).read_text(encoding="utf-8").splitlines()
         if len(lines) != len(shards.span(shard)):
-            raise ValueError(f"{shards.path(shard)} holds {len(lines)} translations, expected "
+            raise NmtqError(f"{shards.path(shard)} holds {len(lines)} translations, expected "
                              f"{len(shards.span(shard))}: delete it and run again to recompute it")
         translations.extend(json.loads(line) for line in lines)
     return translations
@@ -150,7 +151,7 @@ class TopKCache:
             handle = safe_open(str(self.shards.path(shard)), framework="pt")
             lengths = handle.get_tensor("lengths")
             if len(lengths) != len(self.shards.span(shard)):
-                raise ValueError(f"{self.shards.path(shard)} holds {len(lengths)} examples, expected "
+                raise NmtqError(f"{self.shards.path(shard)} holds {len(lengths)} examples, expected "
                                  f"{len(self.shards.span(shard))}: delete it and run again to recompute it")
             offsets = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)]).tolist()
             self._open[shard] = (handle, offsets)

@@ -20,6 +20,7 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from .errors import NmtqError
 from .hub import require_hub
 
 SPECIALS = ("</s>", "<unk>")
@@ -62,9 +63,9 @@ def train_tokenizer(texts: Iterable[str], output_dir: str | os.PathLike, vocab_s
     Returns the tokenizer, loaded back from ``output_dir``.
     """
     if vocab_size < 8:
-        raise ValueError(f"vocab_size={vocab_size}: pass at least 8 (typical: 4000-32000)")
+        raise NmtqError(f"vocab_size={vocab_size}: pass at least 8 (typical: 4000-32000)")
     if model_type not in ("unigram", "bpe"):
-        raise ValueError(f"model_type={model_type!r}: pass 'unigram' or 'bpe'")
+        raise NmtqError(f"model_type={model_type!r}: pass 'unigram' or 'bpe'")
     from transformers import MarianTokenizer
 
     output_dir = Path(output_dir)
@@ -90,7 +91,7 @@ def load_tokenizer(name_or_path: str | os.PathLike):
     try:
         return AutoTokenizer.from_pretrained(str(name_or_path))
     except (OSError, ValueError) as err:
-        raise ValueError(
+        raise NmtqError(
             f"could not load a tokenizer from {str(name_or_path)!r}: pass a directory saved by nmtq or "
             f"save_pretrained (with tokenizer_config.json), or a Hub id when online ({err})"
         ) from err

@@ -20,6 +20,7 @@ import torch
 from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, TrainerCallback
 
 from .args import DataArguments, ModelArguments, NmtTrainingArguments
+from .errors import NmtqError
 from .io import write_json_atomic
 from .models import build_model, enable_generation_cache, load_model
 from .tokenizer import encode_targets, load_tokenizer, train_tokenizer
@@ -119,7 +120,7 @@ def check_ids_fit(model, dataset, name: str) -> None:
     for column, side, rows, what in checks:
         top = max((max(ids) for ids in dataset[column] if ids), default=-1)
         if top >= rows:
-            raise ValueError(f"the tokenizer encodes a {side} token as id {top}, but {name} has {rows:,} {what}: "
+            raise NmtqError(f"the tokenizer encodes a {side} token as id {top}, but {name} has {rows:,} {what}: "
                              f"the tokenizer does not match the model's {side} vocabulary (or its language "
                              "codes); use the model's own tokenizer and codes")
 
@@ -154,11 +155,11 @@ def resolve_checkpoint(training_args: NmtTrainingArguments, last_file: str = "tr
     if str(value).lower() in ("last", "true"):
         last = last_complete_checkpoint(training_args.output_dir, last_file)
         if last is None:
-            raise ValueError(f"--resume_from_checkpoint {value}: no complete checkpoint-* directory in "
+            raise NmtqError(f"--resume_from_checkpoint {value}: no complete checkpoint-* directory in "
                              f"{training_args.output_dir!r}; start without it")
         return last
     if not os.path.isdir(value):
-        raise ValueError(f"--resume_from_checkpoint {value!r} is not a directory")
+        raise NmtqError(f"--resume_from_checkpoint {value!r} is not a directory")
     return value
 
 
@@ -188,7 +189,7 @@ def train_teacher(data_args: DataArguments, model_args: ModelArguments, training
     log(f"training pairs within {data_args.max_source_length}/{data_args.max_target_length} pieces: "
         f"{len(train_set):,} of {len(splits['train']):,}")
     if len(train_set) == 0:
-        raise ValueError("no training pair is short enough: raise max_source_length / max_target_length")
+        raise NmtqError("no training pair is short enough: raise max_source_length / max_target_length")
     if model_args.model_name_or_path:
         model = load_model(model_args.model_name_or_path)
     else:

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import torch
 
+from .errors import NmtqError
+
 logger = logging.getLogger(__name__)
 
 TOKEN_ID_FIELDS = ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id", "forced_bos_token_id",
@@ -56,7 +58,7 @@ class VocabularyTrim:
     def __post_init__(self) -> None:
         if not self.kept or any(b <= a for a, b in zip(self.kept, self.kept[1:])) or self.kept[0] < 0 \
                 or self.kept[-1] >= self.old_size:
-            raise ValueError(f"kept ids must be ascending, distinct and within 0..{self.old_size - 1}")
+            raise NmtqError(f"kept ids must be ascending, distinct and within 0..{self.old_size - 1}")
 
     @property
     def size(self) -> int:
@@ -76,7 +78,7 @@ class VocabularyTrim:
         try:
             return [self.new_ids[i] for i in ids]
         except KeyError as err:
-            raise ValueError(f"token id {err.args[0]} is not in the trimmed vocabulary: trim from data that "
+            raise NmtqError(f"token id {err.args[0]} is not in the trimmed vocabulary: trim from data that "
                              "contains it") from None
 
     def remap_optional(self, value):
@@ -105,17 +107,17 @@ def check_trimmable(tokenizer) -> None:
     """A one-line ``ValueError`` unless nmtq can rewrite ``tokenizer`` with fewer ids."""
     name = type(tokenizer).__name__
     if name == "FSMTTokenizer":
-        raise ValueError("--trim_vocabulary: FSMT (fairseq's WMT19 models) already has one dictionary per language, "
+        raise NmtqError("--trim_vocabulary: FSMT (fairseq's WMT19 models) already has one dictionary per language, "
                          "nothing to trim; drop --trim_vocabulary")
     if getattr(tokenizer, "separate_vocabs", False):
-        raise ValueError(f"--trim_vocabulary: this {name} has separate source and target vocabularies, which nmtq "
+        raise NmtqError(f"--trim_vocabulary: this {name} has separate source and target vocabularies, which nmtq "
                          "does not trim; drop --trim_vocabulary")
     if getattr(tokenizer, "backend_tokenizer", None) is not None:
         kind = json.loads(tokenizer.backend_tokenizer.to_str())["model"]["type"]
         if kind not in ("BPE", "Unigram", "WordPiece", "WordLevel"):
-            raise ValueError(f"--trim_vocabulary: cannot trim a {kind} tokenizer model; drop --trim_vocabulary")
+            raise NmtqError(f"--trim_vocabulary: cannot trim a {kind} tokenizer model; drop --trim_vocabulary")
     elif not isinstance(getattr(tokenizer, "encoder", None), dict):
-        raise ValueError(f"--trim_vocabulary: nmtq trims tokenizers with a tokenizer.json or a vocab.json, not a "
+        raise NmtqError(f"--trim_vocabulary: nmtq trims tokenizers with a tokenizer.json or a vocab.json, not a "
                          f"{name}; drop --trim_vocabulary")
 
 
@@ -195,7 +197,7 @@ def trim_model(model, trim: VocabularyTrim):
         if bias is not None and bias.shape[-1] == trim.old_size:
             module.register_buffer("final_logits_bias", bias.index_select(-1, index.to(bias.device)))
     if not replaced:
-        raise ValueError(f"--trim_vocabulary found no embedding of {trim.old_size} rows in "
+        raise NmtqError(f"--trim_vocabulary found no embedding of {trim.old_size} rows in "
                          f"{type(model).__name__}; drop --trim_vocabulary")
     for name in VOCAB_SIZE_FIELDS:
         if getattr(model.config, name, None) == trim.old_size:
@@ -338,9 +340,9 @@ def _check_trimmed(original, trimmed, trim: VocabularyTrim) -> None:
     wrong = [(old, a, b) for old, a, b in zip(trim.kept, old_tokens, new_tokens) if a != b]
     if wrong:
         old, a, b = wrong[0]
-        raise ValueError(f"--trim_vocabulary: the trimmed {type(trimmed).__name__} reads id {trim.new_ids[old]} as "
+        raise NmtqError(f"--trim_vocabulary: the trimmed {type(trimmed).__name__} reads id {trim.new_ids[old]} as "
                          f"{b!r}, not {a!r} ({len(wrong)} ids differ); drop --trim_vocabulary for this tokenizer")
     if len(trimmed) > trim.size:
         extra = trimmed.convert_ids_to_tokens(list(range(trim.size, len(trimmed))))
-        raise ValueError(f"--trim_vocabulary: the trimmed {type(trimmed).__name__} has {len(trimmed)} tokens for "
+        raise NmtqError(f"--trim_vocabulary: the trimmed {type(trimmed).__name__} has {len(trimmed)} tokens for "
                          f"{trim.size} rows (it adds {extra[:3]}...); drop --trim_vocabulary for this tokenizer")

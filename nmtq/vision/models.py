@@ -30,6 +30,8 @@ from transformers import AutoConfig, AutoModelForImageClassification, PreTrained
 from transformers import initialization as init
 from transformers.modeling_outputs import ImageClassifierOutput
 
+from ..errors import NmtqError
+
 __all__ = ["CifarResNetConfig", "CifarResNetForImageClassification", "build_model"]
 
 # architecture -> (extra layers in depth = 6n + extra, a few valid depths for the error message)
@@ -83,30 +85,30 @@ class CifarResNetConfig(PreTrainedConfig):
     def check(self) -> None:
         """Raise ``ValueError`` naming the first wrong field and what to pass instead."""
         if self.architecture not in ARCHITECTURES:
-            raise ValueError(f"architecture={self.architecture!r} is unknown: pass one of {sorted(ARCHITECTURES)}")
+            raise NmtqError(f"architecture={self.architecture!r} is unknown: pass one of {sorted(ARCHITECTURES)}")
         for name in ("depth", "widen_factor", "base_width", "num_channels"):
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
-                raise ValueError(f"{name}={value!r} must be a positive integer")
+                raise NmtqError(f"{name}={value!r} must be a positive integer")
         extra, valid = ARCHITECTURES[self.architecture]
         if self.depth < 6 + extra or (self.depth - extra) % 6:
-            raise ValueError(f"depth={self.depth} is not 6n+{extra} for architecture={self.architecture!r}: "
+            raise NmtqError(f"depth={self.depth} is not 6n+{extra} for architecture={self.architecture!r}: "
                              f"pass {valid}")
         if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout={self.dropout!r} must lie in [0, 1)")
+            raise NmtqError(f"dropout={self.dropout!r} must lie in [0, 1)")
         if self.dropout and self.architecture != "wide_resnet":
-            raise ValueError(f"dropout={self.dropout} is only used by architecture='wide_resnet': pass dropout=0.0")
+            raise NmtqError(f"dropout={self.dropout} is only used by architecture='wide_resnet': pass dropout=0.0")
         for name in ("image_mean", "image_std"):
             value = getattr(self, name)
             if value is not None and len(value) != self.num_channels:
-                raise ValueError(f"{name} has {len(value)} values but num_channels={self.num_channels}: pass one "
+                raise NmtqError(f"{name} has {len(value)} values but num_channels={self.num_channels}: pass one "
                                  "value per channel")
         if (self.image_mean is None) != (self.image_std is None):
-            raise ValueError("pass both image_mean and image_std, or neither")
+            raise NmtqError("pass both image_mean and image_std, or neither")
         if self.image_std is not None and min(self.image_std) <= 0:
-            raise ValueError(f"image_std={self.image_std} must be positive in every channel")
+            raise NmtqError(f"image_std={self.image_std} must be positive in every channel")
         if not _is_int(self.num_labels) or self.num_labels < 2:
-            raise ValueError(f"num_labels={self.num_labels!r}: a classifier needs at least 2 classes")
+            raise NmtqError(f"num_labels={self.num_labels!r}: a classifier needs at least 2 classes")
 
 
 def _is_int(value: Any) -> bool:
@@ -208,27 +210,27 @@ class CifarResNetForImageClassification(PreTrainedModel):
     def _check_inputs(self, pixel_values: torch.Tensor | None, labels: torch.Tensor | None) -> None:
         expected = self.config.num_channels
         if pixel_values is None:
-            raise ValueError("pass pixel_values: a float tensor of shape (batch, channels, height, width)")
+            raise NmtqError("pass pixel_values: a float tensor of shape (batch, channels, height, width)")
         if pixel_values.dim() != 4:
             hint = ": add a batch dimension with pixel_values.unsqueeze(0)" if pixel_values.dim() == 3 else ""
-            raise ValueError(f"pixel_values has shape {tuple(pixel_values.shape)} but the model expects 4 dimensions "
+            raise NmtqError(f"pixel_values has shape {tuple(pixel_values.shape)} but the model expects 4 dimensions "
                              f"(batch, channels={expected}, height, width){hint}")
         if not pixel_values.is_floating_point():
-            raise ValueError(f"pixel_values has dtype {pixel_values.dtype}: pass floats in [0, 1], "
+            raise NmtqError(f"pixel_values has dtype {pixel_values.dtype}: pass floats in [0, 1], "
                              "e.g. images.float() / 255")
         channels = pixel_values.shape[1]
         if channels != expected:
             kind = " (grayscale to RGB)" if (channels, expected) == (1, 3) else ""
-            raise ValueError(f"pixel_values has {channels} channel{'s' * (channels != 1)} but the model expects "
+            raise NmtqError(f"pixel_values has {channels} channel{'s' * (channels != 1)} but the model expects "
                              f"{expected}: convert the images{kind} or build the model with num_channels={channels}")
         if labels is None:
             return
         if labels.dtype.is_floating_point or labels.shape != pixel_values.shape[:1]:
-            raise ValueError(f"labels must be integer class ids of shape ({pixel_values.shape[0]},), got "
+            raise NmtqError(f"labels must be integer class ids of shape ({pixel_values.shape[0]},), got "
                              f"{labels.dtype} of shape {tuple(labels.shape)}")
         bad = labels[(labels < 0) | (labels >= self.config.num_labels)]
         if bad.numel():
-            raise ValueError(f"label {int(bad[0])} is out of range: the model has num_labels="
+            raise NmtqError(f"label {int(bad[0])} is out of range: the model has num_labels="
                              f"{self.config.num_labels}, so labels must lie in [0, {self.config.num_labels})")
 
     def forward(self, pixel_values: torch.Tensor | None = None, labels: torch.Tensor | None = None,
@@ -263,7 +265,7 @@ def build_model(architecture: str = "resnet", depth: int = 20, widen_factor: int
 def load_classifier(path: str | Path, what: str = "model") -> CifarResNetForImageClassification:
     """A trained classifier from a directory (safetensors only), with a clear error when it is not one."""
     if not (Path(path) / "config.json").is_file():
-        raise ValueError(f"{what} {str(path)!r} is not a model directory (no config.json): pass a directory written "
+        raise NmtqError(f"{what} {str(path)!r} is not a model directory (no config.json): pass a directory written "
                          "by nmtq distill-images")
     return AutoModelForImageClassification.from_pretrained(path, use_safetensors=True)
 

@@ -24,6 +24,7 @@ from transformers import Trainer
 
 from ..args import CpuFriendlyTrainingArguments
 from ..env import environment
+from ..errors import NmtqError
 from ..export import CODES_FILE, save_codes
 from ..io import write_json_atomic
 from ..losses import distillation_loss
@@ -61,10 +62,10 @@ class ImageDataArguments:
     def __post_init__(self) -> None:
         parse_image_spec(self.data)  # a malformed spec fails here, before anything is written
         if not 0 <= self.validation_fraction < 1 or not 0 <= self.test_fraction < 1:
-            raise ValueError(f"validation_fraction={self.validation_fraction}, test_fraction={self.test_fraction}: "
+            raise NmtqError(f"validation_fraction={self.validation_fraction}, test_fraction={self.test_fraction}: "
                              "pass fractions in [0, 1)")
         if self.crop_padding < 0:
-            raise ValueError(f"crop_padding={self.crop_padding}: pass 0 or more pixels")
+            raise NmtqError(f"crop_padding={self.crop_padding}: pass 0 or more pixels")
 
 
 @dataclass
@@ -98,7 +99,7 @@ class ImageDistillArguments(MethodArguments):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.method in ("kd", "qd", "dq") and self.alpha > 0 and not self.teacher:
-            raise ValueError(f"method={self.method} distils from a teacher: pass --teacher DIR (trained with "
+            raise NmtqError(f"method={self.method} distils from a teacher: pass --teacher DIR (trained with "
                              "--method fp), or --alpha 0 to train on the labels alone")
 
 
@@ -143,7 +144,7 @@ def check_compatible(model, data: ImageData, what: str) -> None:
     """The model's classes and channels must be the data's."""
     config = model.config
     if config.num_labels != data.num_labels or getattr(config, "num_channels", data.num_channels) != data.num_channels:
-        raise ValueError(f"the {what} has {config.num_labels} classes and {config.num_channels} channels but the data "
+        raise NmtqError(f"the {what} has {config.num_labels} classes and {config.num_channels} channels but the data "
                          f"{data.spec!r} have {data.num_labels} and {data.num_channels}: train it on the same data")
 
 
@@ -173,7 +174,7 @@ def distill_images(data_args: ImageDataArguments, model_args: ImageModelArgument
                    quant_config: QuantizerConfig, training_args: ImageTrainingArguments) -> dict:
     """Train, distil and/or quantize an image classifier as ``method_args.method`` says; return its test metrics."""
     if training_args.push_to_hub:
-        raise ValueError("nmtq distill-images does not push: the Trainer would upload fp32 checkpoints, not the "
+        raise NmtqError("nmtq distill-images does not push: the Trainer would upload fp32 checkpoints, not the "
                          "quantized model; push the run directory with `nmtq push DIR --repo-id NAME`")
     log = main_process_logger(training_args)
     checkpoint = resolve_checkpoint(training_args, method_args.checkpoint_last_file)
