@@ -27,6 +27,7 @@ import torch
 from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer
 
 from .args import DataArguments, NmtTrainingArguments
+from .checkpoints import resolve_checkpoint
 from .conventions import apply_conventions, resolve_conventions
 from .errors import NmtqError
 from .export import CODES_FILE, save_codes
@@ -41,6 +42,7 @@ from .methods import (
     prepare_quantizer,
 )
 from .models import decoder_inputs_from_labels, enable_generation_cache, load_model
+from .outputs import check_output_dir
 from .quant import QuantizerConfig, SizeReport
 from .student import depth, make_student
 from .teacher_cache import (
@@ -56,7 +58,6 @@ from .train import (
     check_ids_fit,
     load_splits,
     main_process_logger,
-    resolve_checkpoint,
     score_test_split,
     time_budget,
     tokenize,
@@ -99,8 +100,8 @@ class DistillArguments(MethodArguments):
                                      "once and cached on disk in shards (Apprentice's scheme B); 0: run the "
                                      "teacher live."})
     teacher_cache_dir: str | None = field(
-        default=None, metadata={"help": "Where the teacher caches go (default: TEACHER/cache for a local teacher, "
-                                        "else OUTPUT_DIR/teacher-cache)."})
+        default=None, metadata={"help": "Where the teacher caches go (default: teacher-cache beside OUTPUT_DIR, "
+                                        "shared by the students of one folder; never inside the teacher)."})
     cache_shard_size: int = field(default=2048, metadata={"help": "Examples per teacher-cache shard (each shard is "
                                                                   "written atomically: the unit of resumption)."})
     source_lang_code: str | None = field(
@@ -165,7 +166,7 @@ class DistillationTrainer(QuantizedTrainingMixin, Seq2SeqTrainer):
             raise NmtqError("this batch has no cached teacher outputs and the trainer has no teacher")
         else:
             with torch.no_grad():
-                teacher = self.teacher(**inputs).logits
+                teacher = self.check_teacher_logits(self.teacher(**inputs).logits)
         loss = distillation_loss(outputs.logits, teacher, labels, self.alpha, self.temperature,
                                  num_items_in_batch=num_items_in_batch)
         return loss, outputs, labels
@@ -278,7 +279,13 @@ def distill(data_args: DataArguments, distill_args: DistillArguments, quant_conf
                          "student. Run `nmtq export OUTPUT_DIR EXPORT_DIR`, then `nmtq push EXPORT_DIR --repo-id "
                          "NAME`")
     log = main_process_logger(training_args)
-    checkpoint = resolve_checkpoint(training_args, distill_args.checkpoint_last_file)
+    checkpoint = resolve_checkpoint(training_args, distill_args.checkpoint_last_file, log=log)
+    inputs = [distill_args.teacher, distill_args.student_name_or_path]
+    for swept in check_output_dir(training_args.output_dir, model_inputs=inputs,
+                                               data_files=data_args.local_paths(), resuming=checkpoint is not None,
+                                  overwrite=training_args.overwrite_output_dir,
+                                  main_process=training_args.local_process_index == 0):
+        log(f"removed {swept}, a temporary file of a killed run")
     splits = load_splits(data_args, log)
     teacher, tokenizer = load_model(distill_args.teacher), load_tokenizer(distill_args.teacher)
     if distill_args.trim_vocabulary:
@@ -291,7 +298,8 @@ def distill(data_args: DataArguments, distill_args: DistillArguments, quant_conf
     splits = {name: with_prefix(split, conventions) for name, split in splits.items()}
     log(f"teacher {sum(p.numel() for p in teacher.parameters()):,} parameters; {type(student).__name__} student "
         f"{'+'.join(map(str, depth(student.config)))} layers, "
-        f"{sum(p.numel() for p in student.parameters()):,} parameters; method {distill_args.method}")
+        f"{sum(p.numel() for p in student.parameters()):,} parameters; method {distill_args.method}; processes: "
+        f"{training_args.world_size} ({training_args.distributed_state.distributed_type})")
     teacher_size = fp32_size(teacher)
     keep = ("source",) if distill_args.sequence_kd else ()
     train_set = tokenize(splits["train"], tokenizer, data_args.max_source_length, data_args.max_target_length, keep)
@@ -323,8 +331,7 @@ def distill(data_args: DataArguments, distill_args: DistillArguments, quant_conf
 
 def _cache_settings(distill_args: DistillArguments, training_args: NmtTrainingArguments, log):
     """Where the teacher caches go, the teacher's fingerprint, and how processes share the work."""
-    root = Path(distill_args.teacher_cache_dir or (Path(distill_args.teacher) / "cache"
-                if Path(distill_args.teacher).is_dir() else Path(training_args.output_dir) / "teacher-cache"))
+    root = Path(distill_args.teacher_cache_dir or Path(training_args.output_dir).absolute().parent / "teacher-cache")
     shared = {"shard_size": distill_args.cache_shard_size, "process_index": training_args.process_index,
               "num_processes": training_args.world_size, "wait": training_args.distributed_state.wait_for_everyone,
               "log": log}

@@ -31,7 +31,7 @@ import torch
 
 from .card import CardFacts, model_card
 from .errors import NmtqError
-from .io import atomic_path
+from .io import atomic_path, sweep_temporary_files, temporary_prefix
 from .methods import not_stored
 from .quant import QuantizedTensor, huffman_decode, huffman_encode, pack_codes, size_report, unpack_codes
 from .quant.functional import check_points, max_code, num_buckets
@@ -344,7 +344,8 @@ def _check_out_dir(out_dir: Path) -> None:
 def _write_dir(out_dir: Path, write) -> None:
     """Run ``write(tmp)`` on a new sibling directory of ``out_dir``, then rename it to ``out_dir``."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
+    sweep_temporary_files(out_dir.parent)  # what killed exports left
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=temporary_prefix(out_dir.name), suffix=".tmp"))
     old = out_dir.parent / f"{tmp.name}.old"
     try:
         write(tmp)

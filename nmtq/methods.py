@@ -36,6 +36,7 @@ import torch
 from transformers import TrainerCallback
 
 from .errors import NmtqError
+from .guard import GuardedTrainingMixin
 from .io import atomic_path, write_json_atomic
 from .losses import distillation_loss
 from .quant import Quantizer, QuantizerConfig, SizeReport, size_report
@@ -124,7 +125,7 @@ class MethodArguments:
         return 0.0 if self.method == "fp" else self.alpha
 
 
-class QuantizedTrainingMixin:
+class QuantizedTrainingMixin(GuardedTrainingMixin):
     """What a ``transformers.Trainer`` subclass needs for the quantized methods; mix it in before the Trainer.
 
     With ``alternate_every`` (steps or ``'epoch'``) the optimizer updates the weights and the quantizer's points in
@@ -166,16 +167,19 @@ class QuantizedTrainingMixin:
 
     def finish_loss(self, loss: torch.Tensor, num_items_in_batch) -> torch.Tensor:
         """The loss as the Trainer expects it: ``num_items_in_batch`` counts every process's items, so a loss
-        divided by it is scaled back up by the number of processes; a non-finite loss stops training before it
-        reaches the weights."""
+        divided by it is scaled back up by the number of processes. (:class:`GuardedTrainingMixin` stops training
+        before a non-finite loss reaches the weights.)"""
         if num_items_in_batch is not None and self.args.average_tokens_across_devices:
             loss = loss * self.accelerator.num_processes
-        if not torch.isfinite(loss):
-            raise NmtqError(
-                f"the distillation loss is {loss.item()} at step {self.state.global_step}: stopping before the "
-                f"weights are damaged; the last good checkpoint is kept in {self.args.output_dir}. Lower "
-                "learning_rate or raise bits, then resume with --resume_from_checkpoint last")
         return loss
+
+    def check_teacher_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """``logits`` if finite, else a one-line error that blames the teacher, not the learning rate."""
+        if not bool(torch.isfinite(logits).all()):
+            raise NmtqError(f"the teacher's outputs hold NaN or inf at step {self.state.global_step + 1} (its "
+                            "weights are finite): it overflows in this precision; run it in fp32 (drop --fp16/--bf16)"
+                            " or use another teacher")
+        return logits
 
 
 class SaveQuantizerState(TrainerCallback):

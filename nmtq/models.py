@@ -15,6 +15,7 @@ import os
 
 from .args import ModelArguments
 from .errors import NmtqError
+from .guard import check_finite
 from .hub import require_hub
 
 
@@ -55,6 +56,7 @@ def build_model(args: ModelArguments, vocab_size: int, pad_token_id: int, eos_to
 
 def load_model(name_or_path: str | os.PathLike):
     """``AutoModelForSeq2SeqLM.from_pretrained`` from safetensors only, with a clear error when it fails."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForSeq2SeqLM
 
     from . import lstm  # noqa: F401  registers the LSTM student with the Auto classes
@@ -62,11 +64,12 @@ def load_model(name_or_path: str | os.PathLike):
     require_hub(str(name_or_path), "model")
     try:
         model = AutoModelForSeq2SeqLM.from_pretrained(str(name_or_path), use_safetensors=True)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, SafetensorError) as err:  # a truncated or corrupt model.safetensors included
         raise NmtqError(
             f"could not load a seq2seq model from {str(name_or_path)!r}: pass a directory written by "
-            f"save_pretrained with model.safetensors, or a Hub id when online ({err})"
+            f"save_pretrained with a complete model.safetensors, or a Hub id when online ({err})"
         ) from err
+    check_finite(model, str(name_or_path))
     freeze_fixed_tables(model)
     enable_generation_cache(model)
     return model

@@ -162,8 +162,8 @@ def _call(argv: list[str], output_dir: Path, what: str, log) -> tuple[dict, floa
 
     Returns the run's test metrics and its wall time in seconds (that of the call that finished it, kept in
     ``RUN_TIME``; None for a run finished by another command)."""
+    from .checkpoints import last_complete_checkpoint
     from .cli import main
-    from .train import last_complete_checkpoint
 
     metrics_file, time_file = output_dir / "test" / "metrics.json", output_dir / RUN_TIME
     if metrics_file.is_file():

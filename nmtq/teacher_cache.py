@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from .errors import NmtqError
-from .io import atomic_path, write_json_atomic, write_text_atomic
+from .io import atomic_path, sweep_temporary_files, write_json_atomic, write_text_atomic
 from .losses import TopK, top_k
 
 META = "meta.json"
@@ -92,6 +92,7 @@ class _Shards:
         """Compute this process's missing shards, then wait until every process has written its own."""
         todo = [i for i in range(self.count) if i % num_processes == process_index and not self.path(i).is_file()]
         if process_index == 0:
+            sweep_temporary_files(self.directory)  # the shards a killed run was writing
             write_json_atomic(self.directory / META, self.meta)
             done = sum(self.path(i).is_file() for i in range(self.count))
             log(f"teacher cache {self.directory}: {done} of {self.count} {self.prefix} shards present")
@@ -192,7 +193,11 @@ def cache_top_k(teacher, rows: Sequence[dict], collate: Callable[[list[dict]], d
             batch_rows = order[start:start + batch_size]
             batch = collate([{f: rows[span[j]][f] for f in ("input_ids", "labels")} for j in batch_rows])
             batch = {name: t.to(device) for name, t in batch.items() if name != "labels"}  # decoder inputs stay
-            cached = top_k(teacher(**batch).logits, k)
+            logits = teacher(**batch).logits
+            if not bool(torch.isfinite(logits).all()):  # NaN would be cached and read back in every epoch
+                raise NmtqError("the teacher's outputs hold NaN or inf (its weights are finite): it overflows in "
+                                "this precision; run it in fp32 (drop --fp16/--bf16) or use another teacher")
+            cached = top_k(logits, k)
             for position, j in enumerate(batch_rows):
                 length = len(rows[span[j]]["labels"])
                 ids[j] = cached.ids[position, :length].to(torch.int32).cpu()

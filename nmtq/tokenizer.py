@@ -22,6 +22,7 @@ from pathlib import Path
 
 from .errors import NmtqError
 from .hub import require_hub
+from .io import atomic_path, temporary_prefix
 
 SPECIALS = ("</s>", "<unk>")
 PAD = "<pad>"
@@ -70,7 +71,7 @@ def train_tokenizer(texts: Iterable[str], output_dir: str | os.PathLike, vocab_s
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=output_dir, prefix=".tokenizer-") as tmp:
+    with tempfile.TemporaryDirectory(dir=output_dir, prefix=temporary_prefix("tokenizer")) as tmp:
         spm_file = Path(tmp) / "joint.spm"
         spm_file.write_bytes(_train_sentencepiece(texts, vocab_size - len(SPECIALS) - 1, model_type))
         (Path(tmp) / "vocab.json").write_text(json.dumps(_marian_vocab(spm_file), ensure_ascii=False, indent=0))
@@ -104,9 +105,8 @@ def copy_tokenizer_files(source_dir: str | os.PathLike, output_dir: str | os.Pat
     for name in ("tokenizer_config.json", "special_tokens_map.json", "vocab.json", "source.spm", "target.spm"):
         src = Path(source_dir) / name
         if src.exists():
-            tmp = output_dir / f".{name}.tmp"
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, output_dir / name)
+            with atomic_path(output_dir / name) as tmp:
+                shutil.copyfile(src, tmp)
 
 
 def encode_targets(tokenizer, texts: list[str], truncation: bool = False, max_length: int | None = None,

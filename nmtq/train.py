@@ -11,8 +11,6 @@ split with beam search and print sacreBLEU BLEU and chrF and the perplexity.
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from pathlib import Path
 
@@ -20,12 +18,19 @@ import torch
 from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, TrainerCallback
 
 from .args import DataArguments, ModelArguments, NmtTrainingArguments
+from .checkpoints import resolve_checkpoint
 from .errors import NmtqError
+from .guard import GuardedTrainingMixin
 from .io import write_json_atomic
 from .models import build_model, enable_generation_cache, load_model
+from .outputs import check_output_dir
 from .tokenizer import encode_targets, load_tokenizer, train_tokenizer
 
 SPLITS = ("train", "validation", "test")
+
+
+class TeacherTrainer(GuardedTrainingMixin, Seq2SeqTrainer):
+    """``Seq2SeqTrainer`` with the finite-check guard of :mod:`nmtq.guard`."""
 
 
 class EpochsThisRun(TrainerCallback):
@@ -79,12 +84,14 @@ def load_splits(data_args: DataArguments, log) -> dict:
     return splits
 
 
-def get_tokenizer(model_args: ModelArguments, data_args: DataArguments, train_set, output_dir: str):
-    """The tokenizer named by the arguments, the model's own, the one already in ``output_dir``, or a new one."""
+def get_tokenizer(model_args: ModelArguments, data_args: DataArguments, train_set, output_dir: str,
+                  resuming: bool = False):
+    """The tokenizer named by the arguments, the model's own, the resumed run's own in ``output_dir``, or a new one
+    (a run that starts afresh trains its tokenizer again, with this run's ``--vocab_size``)."""
     name = model_args.tokenizer_name_or_path or model_args.model_name_or_path
     if name:
         return load_tokenizer(name)
-    if (Path(output_dir) / "tokenizer_config.json").exists():
+    if resuming and (Path(output_dir) / "tokenizer_config.json").exists():
         return load_tokenizer(output_dir)  # a resumed run must keep its vocabulary
     texts = (text for row in train_set for text in (row["source"], row["target"]))
     return train_tokenizer(texts, output_dir, model_args.vocab_size, data_args.source_lang, data_args.target_lang)
@@ -125,44 +132,6 @@ def check_ids_fit(model, dataset, name: str) -> None:
                              "codes); use the model's own tokenizer and codes")
 
 
-def last_complete_checkpoint(output_dir: str, last_file: str = "trainer_state.json") -> str | None:
-    """The newest ``checkpoint-N`` whose ``last_file`` is whole JSON: by default ``trainer_state.json``, which the
-    Trainer writes last and not atomically; a run killed while saving leaves a partial directory or a truncated
-    file, and resuming skips it. Callbacks write after the Trainer (``on_save``), so a run whose callbacks save
-    state names the file they write last."""
-    steps = []
-    for path in Path(output_dir).glob("checkpoint-*") if os.path.isdir(output_dir) else ():
-        if path.name.split("-")[-1].isdigit() and _readable_json(path / "trainer_state.json") \
-                and _readable_json(path / last_file):
-            steps.append((int(path.name.split("-")[-1]), str(path)))
-    return max(steps)[1] if steps else None
-
-
-def _readable_json(path: Path) -> bool:
-    try:
-        json.loads(path.read_text(encoding="utf-8"))
-        return True
-    except (OSError, ValueError):
-        return False
-
-
-def resolve_checkpoint(training_args: NmtTrainingArguments, last_file: str = "trainer_state.json") -> str | None:
-    """``--resume_from_checkpoint last`` (or true) means the newest complete checkpoint in ``output_dir`` (see
-    :func:`last_complete_checkpoint`)."""
-    value = training_args.resume_from_checkpoint
-    if value is None or str(value).lower() in ("false", "none", ""):
-        return None
-    if str(value).lower() in ("last", "true"):
-        last = last_complete_checkpoint(training_args.output_dir, last_file)
-        if last is None:
-            raise NmtqError(f"--resume_from_checkpoint {value}: no complete checkpoint-* directory in "
-                             f"{training_args.output_dir!r}; start without it")
-        return last
-    if not os.path.isdir(value):
-        raise NmtqError(f"--resume_from_checkpoint {value!r} is not a directory")
-    return value
-
-
 def main_process_logger(training_args: NmtTrainingArguments):
     """``log(message)`` that prints on the main process only."""
     def log(message: str) -> None:
@@ -177,11 +146,18 @@ def train_teacher(data_args: DataArguments, model_args: ModelArguments, training
     from .hub import check_push_to_hub
 
     log = main_process_logger(training_args)
-    checkpoint = resolve_checkpoint(training_args)
+    checkpoint = resolve_checkpoint(training_args, log=log)
+    inputs = [model_args.model_name_or_path, model_args.tokenizer_name_or_path]
+    for swept in check_output_dir(training_args.output_dir, model_inputs=inputs,
+                                  data_files=data_args.local_paths(), resuming=checkpoint is not None,
+                                  overwrite=training_args.overwrite_output_dir,
+                                  main_process=training_args.local_process_index == 0):
+        log(f"removed {swept}, a temporary file of a killed run")
     check_push_to_hub(training_args)  # fail now, not after the data is prepared
     splits = load_splits(data_args, log)
     with training_args.main_process_first(desc="tokenizer"):
-        tokenizer = get_tokenizer(model_args, data_args, splits["train"], training_args.output_dir)
+        tokenizer = get_tokenizer(model_args, data_args, splits["train"], training_args.output_dir,
+                                  resuming=checkpoint is not None)
     log(f"tokenizer: {len(tokenizer):,} ids")
     train_set = tokenize(splits["train"], tokenizer, data_args.max_source_length, data_args.max_target_length)
     eval_set = tokenize(splits["validation"], tokenizer, data_args.max_source_length,
@@ -199,7 +175,7 @@ def train_teacher(data_args: DataArguments, model_args: ModelArguments, training
         f"processes: {training_args.world_size} ({training_args.distributed_state.distributed_type})")
     epochs = EpochsThisRun()
     callbacks = [epochs, *time_budget(training_args)]
-    trainer = Seq2SeqTrainer(
+    trainer = TeacherTrainer(
         model=model, args=training_args, train_dataset=train_set,
         eval_dataset=eval_set if training_args.eval_strategy != "no" else None,
         data_collator=DataCollatorForSeq2Seq(tokenizer, model=model), processing_class=tokenizer,

@@ -40,22 +40,25 @@ def tiny_tsv(tmp_path):
     return path
 
 
-def complete_checkpoints(out: Path) -> list[int]:
+def complete_checkpoints(out: Path, last_file: str = "trainer_state.json") -> list[int]:
     def whole(state: Path) -> bool:
         try:
             return bool(json.loads(state.read_text()))
         except (OSError, ValueError):
             return False
 
-    return sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*") if whole(p / "trainer_state.json"))
+    return sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*")
+                  if whole(p / "trainer_state.json") and whole(p / last_file))
 
 
-def kill_after_checkpoint(argv: list[str], out: Path, step: int, timeout: float = 120) -> int:
-    """Start ``argv``, SIGKILL it once ``out`` holds a complete checkpoint at ``step`` or later; return the last."""
+def kill_after_checkpoint(argv: list[str], out: Path, step: int, timeout: float = 120,
+                          last_file: str = "trainer_state.json") -> int:
+    """Start ``argv``, SIGKILL it once ``out`` holds a complete checkpoint (its ``last_file`` whole) at ``step`` or
+    later; return the last."""
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + timeout
-        while not any(s >= step for s in complete_checkpoints(out)):
+        while not any(s >= step for s in complete_checkpoints(out, last_file)):
             assert proc.poll() is None and time.monotonic() < deadline, f"training never wrote checkpoint-{step}"
             time.sleep(0.05)
     finally:

@@ -11,14 +11,13 @@ from conftest import ENGLISH, GERMAN, TINY
 from transformers import DataCollatorForSeq2Seq
 
 from nmtq.args import parse_train_args
+from nmtq.checkpoints import last_complete_checkpoint
 from nmtq.cli import main
 from nmtq.distill import DISTILL_ARGUMENT_CLASSES, DistillationTrainer
-from nmtq.errors import NmtqError
 from nmtq.models import load_model
 from nmtq.quant import Quantizer, quantize_tensor
 from nmtq.student import make_student, spread_layers
 from nmtq.tokenizer import load_tokenizer
-from nmtq.train import last_complete_checkpoint
 
 # TINY without the architecture fields, which a student takes from its teacher
 TRAINING = [a for pair in zip(TINY[::2], TINY[1::2]) if pair[0] not in (
@@ -115,15 +114,6 @@ def test_dq_changes_points_and_not_weights(teacher_dir, corpus, tmp_path):
     moved = [not torch.equal(p, q) for p, q in zip(quantizer.point_parameters(), points)]
     assert any(moved)
     assert all(torch.all(p[1:] >= p[:-1]) for p in quantizer.point_parameters())
-
-
-def test_nan_loss_stops_with_a_clear_message(teacher_dir, corpus, tmp_path):
-    student = make_student(load_model(teacher_dir), 1, 1)
-    with torch.no_grad():
-        student.lm_head.weight.fill_(float("nan"))
-    trainer, batch = trainer_for(teacher_dir, corpus, tmp_path, student)
-    with pytest.raises(NmtqError, match="last good checkpoint"):
-        trainer.compute_loss(student, batch)
 
 
 @pytest.mark.parametrize("method", ["fp", "kd", "qd"])
@@ -392,7 +382,7 @@ def test_a_killed_pruned_qd_run_resumes_and_finishes(corpus, teacher_dir, tmp_pa
     argv = [sys.executable, "-m", "nmtq", *distill_argv(corpus, teacher_dir, out, "--method", "qd", "--sparsity",
                                                         "0.5", "--prune_every", "1", "--prune_end_step", "6",
                                                         "--save_steps", "2")]
-    kill_after_checkpoint([*argv, "--max_steps", "100000"], out, 2)
+    kill_after_checkpoint([*argv, "--max_steps", "100000"], out, 2, last_file="quantizer.json")
     # the kill may land after the Trainer's files and before the quantizer's: resuming takes the last whole one
     resumed = Path(last_complete_checkpoint(str(out), "quantizer.json"))
     last = int(resumed.name.split("-")[1])
@@ -407,9 +397,12 @@ def test_a_killed_pruned_qd_run_resumes_and_finishes(corpus, teacher_dir, tmp_pa
 
 
 def test_a_checkpoint_without_the_quantizers_state_is_not_resumed_from(tmp_path):
+    from safetensors.torch import save_file
+
     for step, files in ((2, ("trainer_state.json", "quantizer.json")), (4, ("trainer_state.json",))):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        save_file({"w": torch.zeros(2)}, str(tmp_path / f"checkpoint-{step}" / "model.safetensors"))
         for name in files:
-            (tmp_path / f"checkpoint-{step}").mkdir(exist_ok=True)
             (tmp_path / f"checkpoint-{step}" / name).write_text("{}")
     assert last_complete_checkpoint(str(tmp_path)).endswith("checkpoint-4")
     assert last_complete_checkpoint(str(tmp_path), "quantizer.json").endswith("checkpoint-2")

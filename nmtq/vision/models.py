@@ -267,7 +267,17 @@ def load_classifier(path: str | Path, what: str = "model") -> CifarResNetForImag
     if not (Path(path) / "config.json").is_file():
         raise NmtqError(f"{what} {str(path)!r} is not a model directory (no config.json): pass a directory written "
                          "by nmtq distill-images")
-    return AutoModelForImageClassification.from_pretrained(path, use_safetensors=True)
+    from safetensors import SafetensorError
+
+    from ..guard import check_finite
+
+    try:
+        model = AutoModelForImageClassification.from_pretrained(path, use_safetensors=True)
+    except (OSError, ValueError, SafetensorError) as err:  # a truncated or corrupt model.safetensors included
+        raise NmtqError(f"could not load the {what} from {str(path)!r}: it needs a complete model.safetensors, as "
+                        f"nmtq distill-images writes ({' '.join(str(err).split())})") from err
+    check_finite(model, f"{what} {str(path)!r}")
+    return model
 
 
 AutoConfig.register(CifarResNetConfig.model_type, CifarResNetConfig, exist_ok=True)

@@ -23,6 +23,7 @@ import torch
 from transformers import Trainer
 
 from ..args import CpuFriendlyTrainingArguments
+from ..checkpoints import resolve_checkpoint
 from ..env import environment
 from ..errors import NmtqError
 from ..export import CODES_FILE, save_codes
@@ -36,8 +37,9 @@ from ..methods import (
     method_callbacks,
     prepare_quantizer,
 )
+from ..outputs import check_output_dir
 from ..quant import QuantizerConfig
-from ..train import main_process_logger, resolve_checkpoint, time_budget
+from ..train import main_process_logger, time_budget
 from .data import ImageCollator, ImageData, ImageDataset, ImageSplit, load_image_data, parse_image_spec
 from .models import ARCHITECTURES, CifarResNetConfig, CifarResNetForImageClassification, load_classifier
 
@@ -133,7 +135,7 @@ class ImageDistillationTrainer(QuantizedTrainingMixin, Trainer):
             teacher_logits = outputs.logits.detach()  # unused at alpha = 0
         else:
             with torch.no_grad():
-                teacher_logits = self.teacher(pixel_values=pixel_values).logits
+                teacher_logits = self.check_teacher_logits(self.teacher(pixel_values=pixel_values).logits)
         loss = distillation_loss(outputs.logits, teacher_logits, labels, self.alpha, self.temperature,
                                  num_items_in_batch=num_items_in_batch)
         loss = self.finish_loss(loss, num_items_in_batch)
@@ -177,7 +179,13 @@ def distill_images(data_args: ImageDataArguments, model_args: ImageModelArgument
         raise NmtqError("nmtq distill-images does not push: the Trainer would upload fp32 checkpoints, not the "
                          "quantized model; push the run directory with `nmtq push DIR --repo-id NAME`")
     log = main_process_logger(training_args)
-    checkpoint = resolve_checkpoint(training_args, method_args.checkpoint_last_file)
+    checkpoint = resolve_checkpoint(training_args, method_args.checkpoint_last_file, log=log)
+    inputs = [method_args.teacher, method_args.student_name_or_path]
+    for swept in check_output_dir(training_args.output_dir, model_inputs=inputs,
+                                               data_files=[data_args.data], resuming=checkpoint is not None,
+                                  overwrite=training_args.overwrite_output_dir,
+                                  main_process=training_args.local_process_index == 0):
+        log(f"removed {swept}, a temporary file of a killed run")
     teacher = load_classifier(method_args.teacher, "teacher") if method_args.teacher else None
     student = load_classifier(method_args.student_name_or_path, "student") \
         if method_args.student_name_or_path else None
