@@ -100,6 +100,8 @@ class ModelArguments:
                                         "ignores the source (see ../shared/DATA.md)."})
 
     def __post_init__(self) -> None:
+        if self.vocab_size < 8:
+            raise NmtqError(f"--vocab_size {self.vocab_size}: pass at least 8 (typical: 4000-32000)")
         if self.model_type not in MODEL_TYPES:
             raise NmtqError(f"model_type={self.model_type!r}: pass one of {', '.join(MODEL_TYPES)}")
         if self.d_model % self.attention_heads:

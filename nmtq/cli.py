@@ -8,6 +8,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import shlex
 import sys
@@ -15,6 +16,18 @@ from collections.abc import Sequence
 
 from . import __version__
 from .errors import NmtqError
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse's parser, whose errors are one line (``nmtq COMMAND: error: ...``, exit 2) without the usage;
+    ``--help`` still shows it."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES}
+"""Failed writes that are the machine's state, not nmtq's bug: no space, quota, read-only, permission."""
 
 
 def _positive_int(text: str) -> int:
@@ -227,10 +240,10 @@ def _run_env(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with one subparser per command."""
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="nmtq", description="Compress translation models by distillation and quantization.")
     parser.add_argument("--version", action="version", version=f"nmtq {__version__}")
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_OneLineParser)
     _add_recipe_command(subparsers, "train", "Train a translation teacher from a recipe", _run_train)
     _add_recipe_command(subparsers, "distill", "Distil a teacher into a shallower, quantized student", _run_distill)
     _add_recipe_command(subparsers, "distill-images", "Train, distil and quantize an image classifier (CIFAR "
@@ -258,17 +271,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"nmtq {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"nmtq {args.command}: interrupted{_resume_hint(args)}", file=sys.stderr)
+        resume = _resume_command(args)
+        print(f"nmtq {args.command}: interrupted" + (f"; the checkpoints written so far are kept; go on with: "
+                                                      f"{resume}" if resume else ""), file=sys.stderr)
         return 130
+    except OSError as err:
+        if err.errno not in _WRITE_ERRNOS:
+            raise
+        resume = _resume_command(args)
+        where = f" writing {err.filename}" if err.filename else ""
+        print(f"nmtq {args.command}: error: {err.strerror}{where}: free space or choose a writable folder, then run "
+              "again" + (f" (the checkpoints are kept: {resume})" if resume else ""), file=sys.stderr)
+        return 2
 
 
-def _resume_hint(args: argparse.Namespace) -> str:
-    """How to go on after Ctrl-C: the same command resuming from its newest complete checkpoint."""
+def _resume_command(args: argparse.Namespace) -> str | None:
+    """The same training command resuming from its newest complete checkpoint (None for other commands)."""
     if args.command not in ("train", "distill", "distill-images"):
-        return ""
+        return None
     fields = list(args.fields)
     if "--resume_from_checkpoint" in fields:
         i = fields.index("--resume_from_checkpoint")
         del fields[i:i + 2]
-    command = shlex.join(["nmtq", args.command, *fields, "--resume_from_checkpoint", "last"])
-    return f"; the checkpoints written so far are kept; go on with: {command}"
+    return shlex.join(["nmtq", args.command, *fields, "--resume_from_checkpoint", "last"])

@@ -302,9 +302,12 @@ def evaluate_directory(model_dir: str | os.PathLike, data_spec: str, split: str 
     """
     from .conventions import Conventions, apply_conventions, prefix_key, resolve_conventions
     from .models import load_model
+    from .outputs import check_writable
     from .tokenizer import load_tokenizer
 
     model_dir = Path(model_dir)
+    if output_dir is not None:
+        check_writable(output_dir, "--output-dir")  # before decoding the whole set
     conventions = Conventions()
     if engine == "ctranslate2":
         if source_lang_code or target_lang_code:

@@ -76,7 +76,7 @@ def check_output_dir(output_dir: str | os.PathLike, *, model_inputs: Iterable[st
         if out == folder or (path.is_dir() and folder in out.parents):
             raise NmtqError(f"--output_dir {output_dir} is the folder of the data {given}: choose an output_dir "
                             "of its own, so that the data are never written over")
-    _check_writable(out, output_dir)
+    check_writable(out, "--output_dir")
     found = [p.name for p in checkpoints(out)]
     if not resuming and (holds_model(out) or found) and not overwrite:
         what = "a model" if holds_model(out) else f"checkpoints ({', '.join(found[-2:])})"
@@ -90,17 +90,20 @@ def check_output_dir(output_dir: str | os.PathLike, *, model_inputs: Iterable[st
     return sweep_temporary_files(out, recursive=True)
 
 
-def _check_writable(out: Path, given: str | os.PathLike) -> None:
-    """The nearest existing folder of ``out`` must be a writable folder (so that ``out`` can be made)."""
+def check_writable(out: str | os.PathLike, option: str = "--output_dir") -> None:
+    """One-line :class:`NmtqError` unless the folder ``out`` exists and is writable, or can be made: its nearest
+    existing ancestor must be a writable folder (tried with a temporary file, which root's permissions would not
+    show)."""
+    given, out = out, Path(out).expanduser().absolute()
     existing = out
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
-        raise NmtqError(f"--output_dir {given}: {existing} is a file, not a folder; choose another output_dir")
+        raise NmtqError(f"{option} {given}: {existing} is a file, not a folder; choose another folder")
     try:
         probe, name = tempfile.mkstemp(dir=existing, prefix=temporary_prefix("nmtq-write-probe"))
         os.close(probe)
         os.unlink(name)
     except OSError as err:
-        raise NmtqError(f"--output_dir {given}: cannot write in {existing} ({err.strerror}); choose another "
-                        "output_dir or fix its permissions") from None
+        raise NmtqError(f"{option} {given}: cannot write in {existing} ({err.strerror}); choose another folder "
+                        "or fix its permissions") from None

@@ -32,13 +32,17 @@ def _train_sentencepiece(texts: Iterable[str], vocab_size: int, model_type: str)
     import sentencepiece as spm
 
     model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size, model_type=model_type,
-        character_coverage=1.0, unk_id=0, bos_id=-1, eos_id=-1, pad_id=-1,
-        hard_vocab_limit=False,  # a small corpus gets a smaller vocabulary instead of an error
-        input_sentence_size=2_000_000, shuffle_input_sentence=True, num_threads=os.cpu_count() or 1,
-        minloglevel=2,
-    )
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size, model_type=model_type,
+            character_coverage=1.0, unk_id=0, bos_id=-1, eos_id=-1, pad_id=-1,
+            hard_vocab_limit=False,  # a small corpus gets a smaller vocabulary instead of an error
+            input_sentence_size=2_000_000, shuffle_input_sentence=True, num_threads=os.cpu_count() or 1,
+            minloglevel=2,
+        )
+    except RuntimeError as err:  # e.g. more distinct characters in the corpus than pieces asked for
+        raise NmtqError(f"SentencePiece cannot make {vocab_size + len(SPECIALS) + 1} ids of this corpus "
+                        f"({' '.join(str(err).split())}): raise --vocab_size") from None
     return model.getvalue()
 
 
@@ -69,11 +73,12 @@ def train_tokenizer(texts: Iterable[str], output_dir: str | os.PathLike, vocab_s
         raise NmtqError(f"model_type={model_type!r}: pass 'unigram' or 'bpe'")
     from transformers import MarianTokenizer
 
+    model = _train_sentencepiece(texts, vocab_size - len(SPECIALS) - 1, model_type)  # before any file is written
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=output_dir, prefix=temporary_prefix("tokenizer")) as tmp:
         spm_file = Path(tmp) / "joint.spm"
-        spm_file.write_bytes(_train_sentencepiece(texts, vocab_size - len(SPECIALS) - 1, model_type))
+        spm_file.write_bytes(model)
         (Path(tmp) / "vocab.json").write_text(json.dumps(_marian_vocab(spm_file), ensure_ascii=False, indent=0))
         tokenizer = MarianTokenizer(str(spm_file), str(spm_file), str(Path(tmp) / "vocab.json"),
                                     source_lang=source_lang, target_lang=target_lang)

@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -267,6 +268,13 @@ def load_classifier(path: str | Path, what: str = "model") -> CifarResNetForImag
     if not (Path(path) / "config.json").is_file():
         raise NmtqError(f"{what} {str(path)!r} is not a model directory (no config.json): pass a directory written "
                          "by nmtq distill-images")
+    try:
+        model_type = json.loads((Path(path) / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError):
+        model_type = None
+    if model_type != CifarResNetConfig.model_type:
+        raise NmtqError(f"{what} {str(path)!r} is a {model_type or 'unreadable'} model, not an image classifier: "
+                        "pass a directory written by nmtq distill-images (translation models go to nmtq distill)")
     from safetensors import SafetensorError
 
     from ..guard import check_finite
