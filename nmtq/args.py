@@ -52,11 +52,11 @@ class DataArguments:
         default=None, metadata={"help": "Score only test pairs with at most this many pieces on each side."})
 
     def __post_init__(self) -> None:
-        from .data import parse_data_spec
+        from .data import check_data_spec
 
         for name in ("data", "train_data", "validation_data", "test_data"):
             if getattr(self, name) is not None:
-                parse_data_spec(getattr(self, name))  # a malformed spec fails here, before anything is written
+                check_data_spec(getattr(self, name))  # a malformed spec or a missing file fails before any writing
         for name in ("max_words", "max_source_length", "max_target_length"):
             if getattr(self, name) < 1:
                 raise NmtqError(f"{name}={getattr(self, name)}: pass a positive number")
@@ -214,8 +214,20 @@ def read_recipe(path: str | Path, classes: tuple[type, ...] = TRAIN_ARGUMENT_CLA
     return recipe
 
 
+class _FieldParser(HfArgumentParser):
+    """``HfArgumentParser`` whose errors (a value of the wrong type, a missing value) are one-line
+    :class:`NmtqError` s instead of the whole usage, and which never completes an abbreviated field."""
+
+    def __init__(self, classes: tuple[type, ...], command: str) -> None:
+        super().__init__(classes, allow_abbrev=False, prog=f"nmtq {command}")
+        self.command = command
+
+    def error(self, message: str):
+        raise NmtqError(f"{message} (run `nmtq {self.command} --help` for the fields)")
+
+
 def parse_train_args(argv: list[str] | None = None, classes: tuple[type, ...] = TRAIN_ARGUMENT_CLASSES,
-                     output_dir: str = "runs/teacher"):
+                     output_dir: str = "runs/teacher", command: str = "train"):
     """Parse ``[--config RECIPE.yaml] [--field value ...]`` into the argument dataclasses."""
     argv = list(argv or [])
     recipe: dict = {}
@@ -225,7 +237,7 @@ def parse_train_args(argv: list[str] | None = None, classes: tuple[type, ...] = 
             raise NmtqError("--config needs a YAML recipe path")
         recipe = read_recipe(argv[i + 1], classes)
         argv = argv[:i] + argv[i + 2:]
-    parser = HfArgumentParser(classes)
+    parser = _FieldParser(classes, command)
     defaults = {"report_to": "auto", "logging_steps": 50, "save_total_limit": 2, "output_dir": output_dir}
     parser.set_defaults(**{**defaults, **recipe})
     parsed, unknown = parser.parse_known_args(argv)
@@ -233,7 +245,7 @@ def parse_train_args(argv: list[str] | None = None, classes: tuple[type, ...] = 
         known = ["--" + name for name in sorted(_known_fields(classes))]
         close = difflib.get_close_matches(unknown[0], known, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise NmtqError(f"unknown argument {unknown[0]!r}{hint} (run `nmtq train --help` for the fields)")
+        raise NmtqError(f"unknown argument {unknown[0]!r}{hint} (run `nmtq {command} --help` for the fields)")
     outputs = []
     for cls in classes:
         names = {f.name for f in fields(cls) if f.init}

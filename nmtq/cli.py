@@ -56,7 +56,7 @@ def _run_recipe(args: argparse.Namespace, classes: tuple[type, ...], run, output
         return 0
     from .args import parse_train_args
 
-    run(*parse_train_args(args.fields, classes, output_dir=output_dir))
+    run(*parse_train_args(args.fields, classes, output_dir=output_dir, command=args.command))
     return 0
 
 
@@ -264,7 +264,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "takes_fields", False):
         args.fields = fields
     elif fields:
-        parser.error(f"unrecognized arguments: {' '.join(fields)}")
+        print(f"nmtq {args.command}: error: unrecognized arguments: {' '.join(fields)} (see nmtq {args.command} "
+              "--help)", file=sys.stderr)
+        return 2
     try:
         return args.func(args)
     except NmtqError as err:  # say what to fix, without a stack trace; anything else is a bug and keeps its trace

@@ -137,6 +137,17 @@ def parse_data_spec(spec: str) -> DataSpec:
     raise DataError(f"unknown data spec kind {kind!r} in {spec!r}; {_FORMS}")
 
 
+def check_data_spec(spec: str) -> DataSpec:
+    """Parse ``spec`` and check that its local files exist (a one-line DataError), before anything is loaded."""
+    parsed = parse_data_spec(spec)
+    for name in parsed.paths:
+        path = Path(name).expanduser()
+        if not path.is_file():
+            kind = "a directory, not a file" if path.is_dir() else "missing"
+            raise DataError(f"{path} is {kind}: check the path in {spec!r} (relative paths start at {Path.cwd()})")
+    return parsed
+
+
 def _iter_lines(path: Path) -> Iterator[tuple[int, str]]:
     """(line number, text without its line ending) of a UTF-8 file; DataError names a bad byte's line."""
     if not path.is_file():

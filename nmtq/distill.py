@@ -41,10 +41,10 @@ from .methods import (
     method_callbacks,
     prepare_quantizer,
 )
-from .models import decoder_inputs_from_labels, enable_generation_cache, load_model
+from .models import check_model_source, decoder_inputs_from_labels, enable_generation_cache, load_model
 from .outputs import check_output_dir
 from .quant import QuantizerConfig, SizeReport
-from .student import depth, make_student
+from .student import check_student_shape, depth, make_student
 from .teacher_cache import (
     TopKCache,
     cache_directory,
@@ -128,6 +128,11 @@ class DistillArguments(MethodArguments):
         if not 0 <= self.sequence_kd <= 1:
             raise NmtqError(f"sequence_kd={self.sequence_kd}: pass a weight between 0 (references) and 1 "
                              "(teacher translations)")
+        for name in ("student_encoder_layers", "student_decoder_layers", "student_d_model", "student_ffn_dim"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise NmtqError(f"--{name} {getattr(self, name)}: pass at least 1 (or leave it out: the teacher's)")
+        if self.student_hidden_size < 1:
+            raise NmtqError(f"--student_hidden_size {self.student_hidden_size}: pass at least 1")
         if self.teacher_top_k < 0 or self.cache_shard_size < 1:
             raise NmtqError("teacher_top_k must be 0 (live teacher) or a positive k, and cache_shard_size positive")
         if self.method == "fp" and self.teacher_top_k:
@@ -286,6 +291,13 @@ def distill(data_args: DataArguments, distill_args: DistillArguments, quant_conf
                                   overwrite=training_args.overwrite_output_dir,
                                   main_process=training_args.local_process_index == 0):
         log(f"removed {swept}, a temporary file of a killed run")
+    check_model_source(distill_args.teacher, "teacher")
+    check_model_source(distill_args.student_name_or_path, "student")
+    if not distill_args.student_name_or_path and distill_args.student_type == "transformer":
+        from transformers import AutoConfig
+
+        check_student_shape(AutoConfig.from_pretrained(distill_args.teacher), distill_args.student_encoder_layers,
+                            distill_args.student_decoder_layers, distill_args.student_d_model)
     splits = load_splits(data_args, log)
     teacher, tokenizer = load_model(distill_args.teacher), load_tokenizer(distill_args.teacher)
     if distill_args.trim_vocabulary:

@@ -301,11 +301,13 @@ def evaluate_directory(model_dir: str | os.PathLike, data_spec: str, split: str 
         >>> evaluate_directory("runs/teacher", "bible", max_length=30, output_dir="runs/teacher/eval")  # doctest: +SKIP
     """
     from .conventions import Conventions, apply_conventions, prefix_key, resolve_conventions
+    from .data import check_data_spec
     from .models import load_model
     from .outputs import check_writable
     from .tokenizer import load_tokenizer
 
     model_dir = Path(model_dir)
+    check_data_spec(data_spec)  # before the model is loaded
     if output_dir is not None:
         check_writable(output_dir, "--output-dir")  # before decoding the whole set
     conventions = Conventions()

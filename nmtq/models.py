@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from .args import ModelArguments
 from .errors import NmtqError
@@ -52,6 +53,38 @@ def build_model(args: ModelArguments, vocab_size: int, pad_token_id: int, eos_to
                         bos_token_id=eos_token_id, decoder_start_token_id=eos_token_id, tie_word_embeddings=True,
                         **sizes)
     return FSMTForConditionalGeneration(config)
+
+
+def check_model_source(name_or_path: str | os.PathLike | None, what: str, tokenizer_only: bool = False) -> None:
+    """One-line :class:`NmtqError`, before any data are read, unless ``name_or_path`` can be loaded: a local folder
+    with ``config.json`` and complete safetensors weights (a tokenizer folder for ``tokenizer_only``), or a valid
+    Hub id (which is fetched when loaded)."""
+    if name_or_path is None:
+        return
+    from .checkpoints import weights_problem
+
+    name, path = str(name_or_path), Path(name_or_path).expanduser()
+    if path.is_dir():
+        if tokenizer_only:
+            return
+        if not (path / "config.json").is_file():
+            raise NmtqError(f"the {what} {name} is not a model folder (no config.json): pass a folder written by "
+                            "save_pretrained")
+        problem = weights_problem(path)
+        if problem:
+            raise NmtqError(f"the {what} {name} cannot be loaded: {problem}; pass a folder with complete "
+                            "model.safetensors weights")
+        return
+    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep + os.sep in name:
+        raise NmtqError(f"the {what} {name} is {'a file' if path.exists() else 'missing'}: pass an existing folder "
+                        "written by save_pretrained, or a Hub id (NAMESPACE/NAME)")
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        raise NmtqError(f"the {what} {name!r} is neither a local folder nor a Hub id (NAMESPACE/NAME): check the "
+                        f"path (relative paths start at {Path.cwd()})") from None
 
 
 def load_model(name_or_path: str | os.PathLike):

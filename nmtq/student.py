@@ -74,6 +74,21 @@ def depth(config) -> tuple[int, int]:
     return getattr(config, layout.encoder_field), getattr(config, layout.decoder_field)
 
 
+def check_student_shape(config, encoder_layers: int | None, decoder_layers: int | None,
+                        d_model: int | None = None) -> None:
+    """One-line :class:`NmtqError` for a student the teacher's ``config`` cannot give: more layers than the
+    teacher's, or a width its attention heads do not divide (BART-like families)."""
+    teacher = dict(zip(("encoder", "decoder"), depth(config)))
+    for side, layers in (("encoder", encoder_layers), ("decoder", decoder_layers)):
+        if layers is not None and not 1 <= layers <= teacher[side]:
+            raise NmtqError(f"--student_{side}_layers {layers}: the teacher has {teacher[side]} {side} layers; pass "
+                            f"1 to {teacher[side]}")
+    heads = {getattr(config, name, None) for name in ("encoder_attention_heads", "decoder_attention_heads")} - {None}
+    if d_model is not None and any(d_model % h for h in heads):
+        raise NmtqError(f"--student_d_model {d_model}: the teacher's {max(heads)} attention heads must divide it; pass "
+                        f"a multiple of {max(heads)}")
+
+
 def spread_layers(teacher_layers: int, student_layers: int) -> list[int]:
     """Teacher layer indices for each student layer, evenly spread, first and last included."""
     if not 1 <= student_layers <= teacher_layers:

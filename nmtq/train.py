@@ -22,7 +22,7 @@ from .checkpoints import resolve_checkpoint
 from .errors import NmtqError
 from .guard import GuardedTrainingMixin
 from .io import write_json_atomic
-from .models import build_model, enable_generation_cache, load_model
+from .models import build_model, check_model_source, enable_generation_cache, load_model
 from .outputs import check_output_dir
 from .tokenizer import encode_targets, load_tokenizer, train_tokenizer
 
@@ -153,6 +153,8 @@ def train_teacher(data_args: DataArguments, model_args: ModelArguments, training
                                   overwrite=training_args.overwrite_output_dir,
                                   main_process=training_args.local_process_index == 0):
         log(f"removed {swept}, a temporary file of a killed run")
+    check_model_source(model_args.model_name_or_path, "model")
+    check_model_source(model_args.tokenizer_name_or_path, "tokenizer", tokenizer_only=True)
     check_push_to_hub(training_args)  # fail now, not after the data is prepared
     splits = load_splits(data_args, log)
     with training_args.main_process_first(desc="tokenizer"):

@@ -251,13 +251,13 @@ def test_evaluate_model_checks_lengths_before_writing(tiny, tmp_path):
 def test_evaluate_directory_rejects_a_missing_directory(tmp_path):
     missing = tmp_path / "no-such-model"
     with pytest.raises(ValueError, match=f"{missing}.*does not exist"):
-        evaluate_directory(missing, "unused")
+        evaluate_directory(missing, "bible")
 
 
 def test_evaluate_directory_rejects_a_directory_without_weights(model_dir, tmp_path):
     (tmp_path / "config.json").write_text((model_dir / "config.json").read_text())
     with pytest.raises(ValueError, match="no safetensors weights.*save_pretrained"):
-        evaluate_directory(tmp_path, "unused")
+        evaluate_directory(tmp_path, "bible")
 
 
 def test_evaluate_directory_filters_by_length(model_dir, tmp_path, monkeypatch):
@@ -272,7 +272,8 @@ def test_evaluate_directory_filters_by_length(model_dir, tmp_path, monkeypatch):
         return Dataset.from_dict({"source": SOURCES, "target": REFERENCES}), {"pairs": len(SOURCES)}
 
     # a stand-in for nmtq.data, so this test does not depend on the data module
-    monkeypatch.setitem(sys.modules, "nmtq.data", types.SimpleNamespace(load_corpus=load_corpus))
+    monkeypatch.setitem(sys.modules, "nmtq.data", types.SimpleNamespace(load_corpus=load_corpus,
+                                                                        check_data_spec=lambda spec: None))
     tokenizer = load_tokenizer(model_dir)
     max_length = 8
     expected_kept = sum(len(tokenizer(de, add_special_tokens=False)["input_ids"]) <= max_length

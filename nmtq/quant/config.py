@@ -90,6 +90,9 @@ class QuantizerConfig:
                 "learn_points needs scaling='linear': points are positions inside each bucket's [min, max]"
             )
         if self.activation_bits is not None:
-            check_bits(self.activation_bits, "absmax")
+            try:
+                check_bits(self.activation_bits, "absmax")
+            except ValueError as err:
+                raise ValueError(f"activation_bits: {err}") from None
         if self.learn_points and self.stochastic:
             raise ValueError("learn_points maps each weight to its nearest point; stochastic rounding does not apply")

@@ -263,8 +263,8 @@ def build_model(architecture: str = "resnet", depth: int = 20, widen_factor: int
     return CifarResNetForImageClassification(config)
 
 
-def load_classifier(path: str | Path, what: str = "model") -> CifarResNetForImageClassification:
-    """A trained classifier from a directory (safetensors only), with a clear error when it is not one."""
+def read_classifier_config(path: str | Path, what: str = "model") -> CifarResNetConfig:
+    """The config of a classifier directory, with a one-line error when it is not one (no weights are read)."""
     if not (Path(path) / "config.json").is_file():
         raise NmtqError(f"{what} {str(path)!r} is not a model directory (no config.json): pass a directory written "
                          "by nmtq distill-images")
@@ -275,6 +275,12 @@ def load_classifier(path: str | Path, what: str = "model") -> CifarResNetForImag
     if model_type != CifarResNetConfig.model_type:
         raise NmtqError(f"{what} {str(path)!r} is a {model_type or 'unreadable'} model, not an image classifier: "
                         "pass a directory written by nmtq distill-images (translation models go to nmtq distill)")
+    return CifarResNetConfig.from_pretrained(path)
+
+
+def load_classifier(path: str | Path, what: str = "model") -> CifarResNetForImageClassification:
+    """A trained classifier from a directory (safetensors only), with a clear error when it is not one."""
+    read_classifier_config(path, what)
     from safetensors import SafetensorError
 
     from ..guard import check_finite

@@ -41,7 +41,13 @@ from ..outputs import check_output_dir
 from ..quant import QuantizerConfig
 from ..train import main_process_logger, time_budget
 from .data import ImageCollator, ImageData, ImageDataset, ImageSplit, load_image_data, parse_image_spec
-from .models import ARCHITECTURES, CifarResNetConfig, CifarResNetForImageClassification, load_classifier
+from .models import (
+    ARCHITECTURES,
+    CifarResNetConfig,
+    CifarResNetForImageClassification,
+    load_classifier,
+    read_classifier_config,
+)
 
 
 @dataclass
@@ -142,9 +148,8 @@ class ImageDistillationTrainer(QuantizedTrainingMixin, Trainer):
         return (loss, outputs) if return_outputs else loss
 
 
-def check_compatible(model, data: ImageData, what: str) -> None:
-    """The model's classes and channels must be the data's."""
-    config = model.config
+def check_compatible(config, data: ImageData, what: str) -> None:
+    """A model's config (its classes and channels) must fit the data's."""
     if config.num_labels != data.num_labels or getattr(config, "num_channels", data.num_channels) != data.num_channels:
         raise NmtqError(f"the {what} has {config.num_labels} classes and {config.num_channels} channels but the data "
                          f"{data.spec!r} have {data.num_labels} and {data.num_channels}: train it on the same data")
@@ -186,15 +191,14 @@ def distill_images(data_args: ImageDataArguments, model_args: ImageModelArgument
                                   overwrite=training_args.overwrite_output_dir,
                                   main_process=training_args.local_process_index == 0):
         log(f"removed {swept}, a temporary file of a killed run")
-    teacher = load_classifier(method_args.teacher, "teacher") if method_args.teacher else None
-    student = load_classifier(method_args.student_name_or_path, "student") \
-        if method_args.student_name_or_path else None
     data = load_image_data(data_args.data, seed=data_args.split_seed,
                            validation_fraction=data_args.validation_fraction, test_fraction=data_args.test_fraction,
                            max_train_samples=data_args.max_train_samples)
-    for model, what in ((teacher, "teacher"), (student, "student")):
-        if model is not None:
-            check_compatible(model, data, what)
+    for what, path in (("teacher", method_args.teacher), ("student", method_args.student_name_or_path)):
+        if path:
+            check_compatible(read_classifier_config(path, what), data, what)  # before the weights are loaded
+    teacher, student = (load_classifier(path, what) if path else None for what, path in
+                        (("teacher", method_args.teacher), ("student", method_args.student_name_or_path)))
     if student is None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(training_args.seed)  # the same initial weights whatever ran before
