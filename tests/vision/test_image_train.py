@@ -163,3 +163,12 @@ def test_an_image_student_exports_and_loads_back_exactly(teacher, tmp_path):
     card = ModelCard.load(out / "README.md")
     assert card.data.pipeline_tag == "image-classification"
     assert card.data.eval_results[0].metric_type == "accuracy"
+
+
+def test_the_guard_stops_image_training_before_an_exploding_update(tmp_path, capsys):
+    out = tmp_path / "student"
+    assert main(["distill-images", *DATA, *TINY, "--output_dir", str(out), "--method", "fp", "--max_steps", "3",
+                 "--stop_grad_norm", "1e-9"]) == 2
+    [line] = [line for line in capsys.readouterr().err.splitlines() if line.startswith("nmtq ")]
+    assert "training stopped at step 1, before its update: the gradient norm is" in line
+    assert not list(out.glob("checkpoint-*")) and not (out / "model.safetensors").exists()
