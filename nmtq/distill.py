@@ -27,7 +27,6 @@ import torch
 from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer
 
 from .args import DataArguments, NmtTrainingArguments
-from .checkpoints import resolve_checkpoint
 from .conventions import apply_conventions, resolve_conventions
 from .errors import NmtqError
 from .export import CODES_FILE, save_codes
@@ -42,7 +41,6 @@ from .methods import (
     prepare_quantizer,
 )
 from .models import check_model_source, decoder_inputs_from_labels, enable_generation_cache, load_model
-from .outputs import check_output_dir
 from .quant import QuantizerConfig, SizeReport
 from .student import check_student_shape, depth, make_student
 from .teacher_cache import (
@@ -57,8 +55,8 @@ from .tokenizer import encode_targets, load_tokenizer
 from .train import (
     check_ids_fit,
     load_splits,
-    main_process_logger,
     score_test_split,
+    start_run,
     time_budget,
     tokenize,
     with_prefix,
@@ -283,14 +281,8 @@ def distill(data_args: DataArguments, distill_args: DistillArguments, quant_conf
         raise NmtqError("nmtq distill does not push: the Trainer would upload fp32 checkpoints, not the quantized "
                          "student. Run `nmtq export OUTPUT_DIR EXPORT_DIR`, then `nmtq push EXPORT_DIR --repo-id "
                          "NAME`")
-    log = main_process_logger(training_args)
-    checkpoint = resolve_checkpoint(training_args, distill_args.checkpoint_last_file, log=log)
-    inputs = [distill_args.teacher, distill_args.student_name_or_path]
-    for swept in check_output_dir(training_args.output_dir, model_inputs=inputs,
-                                               data_files=data_args.local_paths(), resuming=checkpoint is not None,
-                                  overwrite=training_args.overwrite_output_dir,
-                                  main_process=training_args.local_process_index == 0):
-        log(f"removed {swept}, a temporary file of a killed run")
+    log, checkpoint = start_run(training_args, [distill_args.teacher, distill_args.student_name_or_path],
+                                data_args.local_paths(), distill_args.checkpoint_last_file)
     check_model_source(distill_args.teacher, "teacher")
     check_model_source(distill_args.student_name_or_path, "student")
     if not distill_args.student_name_or_path and distill_args.student_type == "transformer":

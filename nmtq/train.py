@@ -132,6 +132,20 @@ def check_ids_fit(model, dataset, name: str) -> None:
                              "codes); use the model's own tokenizer and codes")
 
 
+def start_run(training_args, model_inputs: list, data_files: list, last_file: str = "trainer_state.json"):
+    """What every training command does first, before reading data or weights: its logger, the checkpoint it
+    resumes (:func:`nmtq.checkpoints.resolve_checkpoint`) and the checks of its ``output_dir`` against the inputs
+    (:func:`nmtq.outputs.check_output_dir`, which also sweeps killed runs' temporary files). Returns
+    ``(log, checkpoint)``."""
+    log = main_process_logger(training_args)
+    checkpoint = resolve_checkpoint(training_args, last_file, log=log)
+    for swept in check_output_dir(training_args.output_dir, model_inputs=model_inputs, data_files=data_files,
+                                  resuming=checkpoint is not None, overwrite=training_args.overwrite_output_dir,
+                                  main_process=training_args.local_process_index == 0):
+        log(f"removed {swept}, a temporary file of a killed run")
+    return log, checkpoint
+
+
 def main_process_logger(training_args: NmtTrainingArguments):
     """``log(message)`` that prints on the main process only."""
     def log(message: str) -> None:
@@ -145,14 +159,8 @@ def train_teacher(data_args: DataArguments, model_args: ModelArguments, training
     """Train (or resume) a teacher and return its test metrics (also written to ``output_dir/test``)."""
     from .hub import check_push_to_hub
 
-    log = main_process_logger(training_args)
-    checkpoint = resolve_checkpoint(training_args, log=log)
-    inputs = [model_args.model_name_or_path, model_args.tokenizer_name_or_path]
-    for swept in check_output_dir(training_args.output_dir, model_inputs=inputs,
-                                  data_files=data_args.local_paths(), resuming=checkpoint is not None,
-                                  overwrite=training_args.overwrite_output_dir,
-                                  main_process=training_args.local_process_index == 0):
-        log(f"removed {swept}, a temporary file of a killed run")
+    log, checkpoint = start_run(training_args, [model_args.model_name_or_path, model_args.tokenizer_name_or_path],
+                                data_args.local_paths())
     check_model_source(model_args.model_name_or_path, "model")
     check_model_source(model_args.tokenizer_name_or_path, "tokenizer", tokenizer_only=True)
     check_push_to_hub(training_args)  # fail now, not after the data is prepared

@@ -23,7 +23,6 @@ import torch
 from transformers import Trainer
 
 from ..args import CpuFriendlyTrainingArguments
-from ..checkpoints import resolve_checkpoint
 from ..env import environment
 from ..errors import NmtqError
 from ..export import CODES_FILE, save_codes
@@ -37,9 +36,8 @@ from ..methods import (
     method_callbacks,
     prepare_quantizer,
 )
-from ..outputs import check_output_dir
 from ..quant import QuantizerConfig
-from ..train import main_process_logger, time_budget
+from ..train import start_run, time_budget
 from .data import ImageCollator, ImageData, ImageDataset, ImageSplit, load_image_data, parse_image_spec
 from .models import (
     ARCHITECTURES,
@@ -183,14 +181,8 @@ def distill_images(data_args: ImageDataArguments, model_args: ImageModelArgument
     if training_args.push_to_hub:
         raise NmtqError("nmtq distill-images does not push: the Trainer would upload fp32 checkpoints, not the "
                          "quantized model; push the run directory with `nmtq push DIR --repo-id NAME`")
-    log = main_process_logger(training_args)
-    checkpoint = resolve_checkpoint(training_args, method_args.checkpoint_last_file, log=log)
-    inputs = [method_args.teacher, method_args.student_name_or_path]
-    for swept in check_output_dir(training_args.output_dir, model_inputs=inputs,
-                                               data_files=[data_args.data], resuming=checkpoint is not None,
-                                  overwrite=training_args.overwrite_output_dir,
-                                  main_process=training_args.local_process_index == 0):
-        log(f"removed {swept}, a temporary file of a killed run")
+    log, checkpoint = start_run(training_args, [method_args.teacher, method_args.student_name_or_path],
+                                [data_args.data], method_args.checkpoint_last_file)
     data = load_image_data(data_args.data, seed=data_args.split_seed,
                            validation_fraction=data_args.validation_fraction, test_fraction=data_args.test_fraction,
                            max_train_samples=data_args.max_train_samples)
