@@ -27,6 +27,7 @@ import torch
 from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer
 
 from .args import DataArguments, NmtTrainingArguments
+from .card import teacher_card
 from .conventions import apply_conventions, resolve_conventions
 from .errors import NmtqError
 from .export import CODES_FILE, save_codes
@@ -305,6 +306,7 @@ def distill(data_args: DataArguments, distill_args: DistillArguments, quant_conf
         f"{sum(p.numel() for p in student.parameters()):,} parameters; method {distill_args.method}; processes: "
         f"{training_args.world_size} ({training_args.distributed_state.distributed_type})")
     teacher_size = fp32_size(teacher)
+    card_teacher = teacher_card(distill_args.teacher, teacher.config, teacher_size.fp32_bits // 8)
     keep = ("source",) if distill_args.sequence_kd else ()
     train_set = tokenize(splits["train"], tokenizer, data_args.max_source_length, data_args.max_target_length, keep)
     check_ids_fit(teacher, train_set, f"the teacher {distill_args.teacher}")
@@ -330,7 +332,7 @@ def distill(data_args: DataArguments, distill_args: DistillArguments, quant_conf
         _train(student, teacher, tokenizer, train_set, top_k, quantizer, distill_args, training_args,
                checkpoint, log)
     return _finish(student, tokenizer, quantizer, teacher_size, splits["test"], data_args, distill_args,
-                   training_args, log, trim, vocabulary)
+                   training_args, log, trim, vocabulary, card_teacher)
 
 
 def _cache_settings(distill_args: DistillArguments, training_args: NmtTrainingArguments, log):
@@ -429,7 +431,8 @@ def _train(student, teacher, tokenizer, train_set, top_k, quantizer, distill_arg
 
 
 def _finish(student, tokenizer, quantizer, teacher_size: SizeReport, test_set, data_args, distill_args, training_args,
-            log, trim: VocabularyTrim | None = None, vocabulary: dict | None = None) -> dict:
+            log, trim: VocabularyTrim | None = None, vocabulary: dict | None = None,
+            card_teacher: str | None = None) -> dict:
     """Quantize for real, measure the size, save the student (weights = decoded codes) and score it."""
     student = student.module if hasattr(student, "module") else student
     enable_generation_cache(student)
@@ -445,7 +448,8 @@ def _finish(student, tokenizer, quantizer, teacher_size: SizeReport, test_set, d
             write_json_atomic(output_dir / "quantization.json", finished.quantization)
             save_codes(finished.codes, output_dir / CODES_FILE)  # the exact integer codes behind the saved weights
         metrics = score_test_split(student, tokenizer, test_set, data_args, training_args, log)
-        metrics.update(teacher=distill_args.teacher, data=data_args.spec("train"), method=distill_args.method,
+        metrics.update(teacher=distill_args.teacher, teacher_card=card_teacher, data=data_args.spec("train"),
+                       method=distill_args.method,
                        **finished.metrics(teacher_size),
                        **dict(zip(("encoder_layers", "decoder_layers"), depth(student.config))),
                        sequence_kd=distill_args.sequence_kd, teacher_top_k=distill_args.teacher_top_k,

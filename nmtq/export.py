@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -105,6 +106,19 @@ EXPORT_CONFIG = "quantization_config.json"
 WEIGHTS_FILE = "model.safetensors"
 DEQUANTIZED_DIR = "dequantized"
 _QUANTIZED_PARTS = ("codes", "huffman_lengths", "huffman_stream", "ranges", "points", "mask")
+NOTICE_KEY = "nmtq.packed_weights.import_nmtq_and_load_with_nmtq.export.load_exported"
+"""An empty tensor whose name plain transformers lists among the unexpected keys when it refuses the folder."""
+
+
+def _loud_without_nmtq(tensors: dict[str, torch.Tensor], header: Mapping[str, dict]) -> None:
+    """Make plain ``from_pretrained`` raise instead of loading random weights: it skips an unknown
+    ``quant_method`` with a warning and would initialise the packed weights at random, silently translating
+    garbage; an empty tensor under the largest quantized weight's own name is a size mismatch, which it refuses
+    (a ``RuntimeError``), and its load report names :data:`NOTICE_KEY`."""
+    if header:
+        largest = max(header, key=lambda name: torch.Size(header[name]["shape"]).numel())
+        tensors[largest] = torch.empty(0, dtype=torch.uint8)
+        tensors[NOTICE_KEY] = torch.empty(0, dtype=torch.uint8)
 
 
 @dataclass(frozen=True)
@@ -238,6 +252,7 @@ def _export_tensors(codes: Mapping[str, QuantizedTensor], rest: Mapping[str, tor
                         "dtype": str(q.dtype).removeprefix("torch."), "stored_codes": kept.numel()}
     for name, t in rest.items():
         tensors[name] = t.detach().cpu().contiguous()
+    _loud_without_nmtq(tensors, header)
     return tensors, header
 
 
@@ -279,7 +294,10 @@ def export_model(model_dir: str | os.PathLike, out_dir: str | os.PathLike, huffm
     def write(tmp: Path) -> None:
         from safetensors.torch import save_file
 
-        model.config.save_pretrained(tmp)
+        exported = copy.deepcopy(model.config)  # the packed folder's: transformers reads quant_method "nmtq"
+        exported.quantization_config = {"quant_method": "nmtq", "format": EXPORT_FORMAT, "storage": storage,
+                                        "load_with": "import nmtq; nmtq.export.load_exported(DIR)"}
+        exported.save_pretrained(tmp)
         if tokenizer is not None:  # a translation model
             model.generation_config.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
@@ -293,7 +311,8 @@ def export_model(model_dir: str | os.PathLike, out_dir: str | os.PathLike, huffm
         facts = CardFacts(
             name=out_dir.name, languages=_languages(model, tokenizer) if tokenizer else [],
             method=metrics_.get("method"),
-            teacher=teacher or metrics_.get("teacher"), dataset=dataset or _dataset_name(metrics_), bits=config["bits"],
+            teacher=teacher or _recorded_teacher(metrics_), dataset=dataset or _dataset_name(metrics_),
+            bits=config["bits"],
             bucket_size=config["bucket_size"], scaling=config["scaling"], size=size,
             file_bytes=(tmp / WEIGHTS_FILE).stat().st_size, storage=storage, metrics=metrics,
             sparsity=float(quantization.get("sparsity", 0.0)), notes=notes,
@@ -315,6 +334,22 @@ def _dequantized_note(model) -> str:
         return (f"{note} only after `import nmtq.lstm`, which registers the nmtq LSTM (model_type nmtq-lstm); "
                 "transformers alone cannot.")
     return f"{note} without nmtq."
+
+
+def _recorded_teacher(metrics: Mapping) -> str | None:
+    """The teacher for the card: as ``nmtq distill`` described it, or (older runs) its Hub id, never a path."""
+    if metrics.get("teacher_card") or not metrics.get("teacher"):
+        return metrics.get("teacher_card")
+    from transformers import AutoConfig
+
+    from .card import teacher_card
+
+    name = str(metrics["teacher"])
+    try:
+        config = AutoConfig.from_pretrained(name) if Path(name).expanduser().is_dir() else None
+    except (OSError, ValueError):
+        config = None
+    return teacher_card(name, config, metrics.get("teacher_fp32_bytes"))
 
 
 def _dataset_name(metrics: Mapping) -> str | None:
@@ -411,6 +446,8 @@ def load_exported(out_dir: str | os.PathLike) -> tuple:
         config = AutoConfig.from_pretrained(str(out_dir))
     except (OSError, ValueError) as err:
         raise NmtqError(f"{out_dir}/config.json is missing or damaged ({err}): export again") from err
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # the model built here holds the decoded weights
     dtypes = {q.dtype for q in quantized.values()}
     image = _is_image_model(config.model_type)
     auto = AutoModelForImageClassification if image else AutoModelForSeq2SeqLM
@@ -451,7 +488,8 @@ def _read_export(out_dir: Path) -> tuple[dict[str, QuantizedTensor], dict[str, t
                          f"({sorted(set(bits.items()) ^ set((config.get('bits') or {}).items()))[:3]}): {again}")
     quantized = {name: _decode(name, info, tensors, path) for name, info in header.items()}
     parts = {f"{name}.{part}" for name in header for part in _QUANTIZED_PARTS}
-    return quantized, {k: v for k, v in tensors.items() if k not in parts}
+    placeholders = {NOTICE_KEY, *header}  # see _loud_without_nmtq
+    return quantized, {k: v for k, v in tensors.items() if k not in parts and k not in placeholders}
 
 
 def _decode(name: str, info: Mapping, tensors: Mapping[str, torch.Tensor], path: Path) -> QuantizedTensor:

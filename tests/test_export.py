@@ -13,7 +13,7 @@ from conftest import ENGLISH, GERMAN
 from test_distill import distill_argv
 
 from nmtq.cli import main
-from nmtq.export import export_size, load_codes, load_exported, save_codes
+from nmtq.export import NOTICE_KEY, export_size, load_codes, load_exported, save_codes
 from nmtq.models import load_model
 from nmtq.quant import Quantizer, encode_tensor
 
@@ -106,7 +106,11 @@ def test_an_export_loads_into_exactly_the_quantized_student(kind, distilled, tmp
         if kind == "pruned":
             assert tensors[f"{name}.mask"].numel() == -(-numel // 8) and kept == pytest.approx(numel / 2, abs=1)
     # every tensor save_pretrained stores, at its own dtype, once: tied ones under one name
-    plain = {k for k in tensors if k.rsplit(".", 1)[0] not in header}
+    # an empty placeholder under the largest quantized weight's name, so that plain transformers refuses the folder
+    placeholders = {k for k in tensors if k in header or k == NOTICE_KEY}
+    largest = max(header, key=lambda name: math.prod(header[name]["shape"]))
+    assert placeholders == {largest, NOTICE_KEY} and all(tensors[k].numel() == 0 for k in placeholders)
+    plain = {k for k in tensors if k.rsplit(".", 1)[0] not in header and k not in placeholders}
     weights, groups = student.state_dict(keep_vars=True), {}
     for name, tensor in weights.items():
         groups.setdefault(id(tensor), set()).add(name)
@@ -134,6 +138,22 @@ def test_huffman_coded_export_round_trips(kind, distilled, tmp_path):
     assert size.accounted_bytes == json.loads((student_dir / "test" / "metrics.json").read_text())["huffman_bytes"]
     # streams and masks round up to whole bytes; the table holds 2**bits lengths, the accounting one per symbol
     assert 0 <= size.data_bytes - size.accounted_bytes <= 2 * len(header)
+
+
+@pytest.mark.parametrize("kind", ["qd", "dq", "pruned"])
+def test_plain_transformers_refuses_a_packed_export_instead_of_loading_garbage(kind, distilled, tmp_path):
+    # transformers skips an unknown quant_method with a warning and would initialise the packed weights at random
+    out = tmp_path / "export"
+    assert main(["export", str(distilled(kind)), str(out)]) == 0
+    assert json.loads((out / "config.json").read_text())["quantization_config"]["quant_method"] == "nmtq"
+    script = ("import sys\nfrom transformers import AutoModelForSeq2SeqLM\n"
+              "try:\n    AutoModelForSeq2SeqLM.from_pretrained(sys.argv[1])\n"
+              "except Exception as err:\n    print(type(err).__name__, 'nmtq' in sys.modules)\n    sys.exit(3)\n")
+    result = subprocess.run([sys.executable, "-c", script, str(out)], capture_output=True, text=True, cwd=tmp_path)
+    assert (result.returncode, result.stdout.split()) == (3, ["RuntimeError", "False"]), result.stderr[-2000:]
+    assert "Unknown quantization type, got nmtq" in result.stderr and NOTICE_KEY in result.stderr
+    model, _ = load_exported(out)  # nmtq still loads it, without the quantization_config it does not need
+    assert not hasattr(model.config, "quantization_config")
 
 
 def test_dequantized_checkpoint_loads_with_transformers_alone(distilled, tmp_path, capsys):
@@ -182,6 +202,12 @@ def test_model_card_metadata_parses_with_huggingface_hub(distilled, tmp_path):
     assert "translation" in meta["tags"] and meta["model-index"][0]["results"][0]["task"]["type"] == "translation"
     assert f"{metrics['bytes']:,} bytes" in card.text and "opus-mt-de-en" in card.text
     assert f"| method | {metrics['method']}" in card.text
+    # without --teacher the card describes a local teacher by its architecture and size, never by its path
+    again = tmp_path / "again"
+    assert main(["export", str(student_dir), str(again)]) == 0
+    text = (again / "README.md").read_text()
+    assert metrics["teacher"] not in text
+    assert "| teacher | a marian model trained locally (" in text and metrics["teacher_card"] in text
 
 
 def test_file_size_is_within_two_percent_of_the_accounting(corpus, small_teacher, tmp_path):
