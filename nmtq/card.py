@@ -139,12 +139,15 @@ def _results(facts: CardFacts) -> list[str]:
 
 
 def _use(facts: CardFacts) -> list[str]:
+    register = 'import nmtq  # registers the quantization method "nmtq" with transformers (pip install nmtq)'
     if facts.task == "image-classification":
-        return ["```python", "from nmtq.export import load_exported", "",
-                'model, _ = load_exported("path/to/this/folder")  # pixels in [0, 1], (batch, channels, H, W)',
-                "print(model(pixel_values=images).logits.argmax(-1))", "```"]
-    return ["```python", "from nmtq.export import load_exported", "",
-            'model, tokenizer = load_exported("path/to/this/folder")',
+        return ["```python", register, "from transformers import AutoModelForImageClassification", "",
+                'model = AutoModelForImageClassification.from_pretrained("HUB_ID_OR_FOLDER")',
+                "print(model(pixel_values=images).logits.argmax(-1))  # pixels in [0, 1], (batch, channels, H, W)",
+                "```"]
+    return ["```python", register, "from transformers import AutoModelForSeq2SeqLM, AutoTokenizer", "",
+            'model = AutoModelForSeq2SeqLM.from_pretrained("HUB_ID_OR_FOLDER")',
+            'tokenizer = AutoTokenizer.from_pretrained("HUB_ID_OR_FOLDER")',
             'batch = tokenizer(["..."], return_tensors="pt")',
             "print(tokenizer.batch_decode(model.generate(**batch), skip_special_tokens=True))", "```"]
 
@@ -168,7 +171,9 @@ def model_card(facts: CardFacts) -> str:
         *_use(facts), "",
         "`model.safetensors` holds the integer codes bit-packed (or Huffman-coded), the per-bucket ranges, learned "
         "points and pruning masks, and every other tensor at its own dtype; `quantization_config.json` says how "
-        "they decode. `load_exported` decodes them into exactly the weights the student was scored with.",
+        "they decode. `from_pretrained` after `import nmtq` (or `nmtq.export.load_exported`) decodes them into "
+        "exactly the weights the student was scored with; without nmtq, transformers refuses the folder rather than "
+        "load it with random weights.",
         *(f"\n{note}" for note in facts.notes), "",
     ]
     return f"---\n{_metadata(facts)}\n---\n\n" + "\n".join(body)

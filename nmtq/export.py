@@ -105,7 +105,7 @@ EXPORT_FORMAT = "nmtq.export.v1"
 EXPORT_CONFIG = "quantization_config.json"
 WEIGHTS_FILE = "model.safetensors"
 DEQUANTIZED_DIR = "dequantized"
-_QUANTIZED_PARTS = ("codes", "huffman_lengths", "huffman_stream", "ranges", "points", "mask")
+QUANTIZED_PARTS = ("codes", "huffman_lengths", "huffman_stream", "ranges", "points", "mask")
 NOTICE_KEY = "nmtq.packed_weights.import_nmtq_and_load_with_nmtq.export.load_exported"
 """An empty tensor whose name plain transformers lists among the unexpected keys when it refuses the folder."""
 
@@ -465,29 +465,43 @@ def load_exported(out_dir: str | os.PathLike) -> tuple:
     return model.eval(), tokenizer
 
 
+_AGAIN = "export the student again with `nmtq export MODEL_DIR OUT_DIR`"
+
+
 def _read_export(out_dir: Path) -> tuple[dict[str, QuantizedTensor], dict[str, torch.Tensor]]:
-    """The decoded quantized tensors and the plain ones of ``out_dir/model.safetensors``, cross-checked."""
+    """The decoded quantized tensors and the plain ones of ``out_dir/model.safetensors``, cross-checked with
+    ``quantization_config.json``."""
+    config = _read_json(out_dir / EXPORT_CONFIG, f"{out_dir} is not an nmtq export; {_AGAIN}")
+    if config.get("format") != EXPORT_FORMAT:
+        raise NmtqError(f"{out_dir / EXPORT_CONFIG} is not in the format {EXPORT_FORMAT} (found "
+                        f"{config.get('format')!r}): {_AGAIN}")
+    path = out_dir / WEIGHTS_FILE
+    quantized, plain = read_packed(path)
+    bits = {name: q.bits for name, q in quantized.items()}
+    if bits != config.get("bits"):
+        raise NmtqError(f"{EXPORT_CONFIG} and {path.name} disagree on the quantized tensors or their bits "
+                         f"({sorted(set(bits.items()) ^ set((config.get('bits') or {}).items()))[:3]}): {_AGAIN}")
+    return quantized, plain
+
+
+def read_packed(path: str | os.PathLike) -> tuple[dict[str, QuantizedTensor], dict[str, torch.Tensor]]:
+    """The decoded quantized tensors and the plain ones of an export's ``model.safetensors`` (the file alone: what
+    ``from_pretrained`` downloads), every size and code checked; nothing is unpickled."""
     from safetensors import SafetensorError, safe_open
 
-    again = "export the student again with `nmtq export MODEL_DIR OUT_DIR`"
-    config = _read_json(out_dir / EXPORT_CONFIG, f"{out_dir} is not an nmtq export; {again}")
-    path = out_dir / WEIGHTS_FILE
+    path = Path(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
-            if metadata.get("format") != EXPORT_FORMAT or config.get("format") != EXPORT_FORMAT:
-                raise NmtqError(f"{path} or {EXPORT_CONFIG} is not in the format {EXPORT_FORMAT} (found "
-                                 f"{metadata.get('format')!r} and {config.get('format')!r}): {again}")
+            if metadata.get("format") != EXPORT_FORMAT:
+                raise NmtqError(f"{path} is not in the format {EXPORT_FORMAT} (found {metadata.get('format')!r}): "
+                                f"{_AGAIN}")
             header = json.loads(metadata["quantized"])
             tensors = {key: f.get_tensor(key) for key in f.keys()}
     except (SafetensorError, OSError, json.JSONDecodeError, KeyError) as err:
-        raise NmtqError(f"{path} is missing, truncated or corrupted ({err}): {again}") from err
-    bits = {name: info.get("bits") for name, info in header.items()}
-    if bits != config.get("bits"):
-        raise NmtqError(f"{EXPORT_CONFIG} and {path.name} disagree on the quantized tensors or their bits "
-                         f"({sorted(set(bits.items()) ^ set((config.get('bits') or {}).items()))[:3]}): {again}")
+        raise NmtqError(f"{path} is missing, truncated or corrupted ({err}): {_AGAIN}") from err
     quantized = {name: _decode(name, info, tensors, path) for name, info in header.items()}
-    parts = {f"{name}.{part}" for name in header for part in _QUANTIZED_PARTS}
+    parts = {f"{name}.{part}" for name in header for part in QUANTIZED_PARTS}
     placeholders = {NOTICE_KEY, *header}  # see _loud_without_nmtq
     return quantized, {k: v for k, v in tensors.items() if k not in parts and k not in placeholders}
 

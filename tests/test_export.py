@@ -314,3 +314,18 @@ def test_damaged_exports_raise_value_errors_that_say_what_to_fix(distilled, othe
         with pytest.raises(ValueError, match=message):
             load_exported(folder)
     load_exported(good)  # the original is untouched
+
+
+@pytest.mark.parametrize("kind", [*STUDENTS, "huffman"])
+def test_from_pretrained_loads_an_export_as_load_exported_does(kind, distilled, tmp_path):
+    from transformers import AutoModelForSeq2SeqLM
+
+    import nmtq  # noqa: F401  registers the quantization method "nmtq" with transformers
+
+    out = tmp_path / "export"
+    huffman = ["--huffman"] if kind == "huffman" else []
+    assert main(["export", str(distilled("qd" if huffman else kind)), str(out), *huffman]) == 0
+    expected, tokenizer = load_exported(out)
+    model = AutoModelForSeq2SeqLM.from_pretrained(out).eval()
+    for ours, theirs in zip(outputs(model, tokenizer), outputs(expected, tokenizer)):
+        assert torch.equal(ours, theirs)

@@ -160,6 +160,8 @@ def test_an_image_student_exports_and_loads_back_exactly(teacher, tmp_path):
         assert tokenizer is None and torch.equal(model(pixel_values=x).logits, student(pixel_values=x).logits)
         dequantized = AutoModelForImageClassification.from_pretrained(out / "dequantized").eval()
         assert torch.equal(dequantized(pixel_values=x).logits, student(pixel_values=x).logits)
+        registered = AutoModelForImageClassification.from_pretrained(out).eval()  # quant_method nmtq
+        assert torch.equal(registered(pixel_values=x).logits, student(pixel_values=x).logits)
     card = ModelCard.load(out / "README.md")
     assert card.data.pipeline_tag == "image-classification"
     assert card.data.eval_results[0].metric_type == "accuracy"
