@@ -329,3 +329,6 @@ def test_from_pretrained_loads_an_export_as_load_exported_does(kind, distilled, 
     model = AutoModelForSeq2SeqLM.from_pretrained(out).eval()
     for ours, theirs in zip(outputs(model, tokenizer), outputs(expected, tokenizer)):
         assert torch.equal(ours, theirs)
+    with pytest.raises(ValueError, match="not serializable"):  # no silent fp32 save under quant_method nmtq
+        model.save_pretrained(tmp_path / "again")
+    assert not (tmp_path / "again" / "model.safetensors").exists()
