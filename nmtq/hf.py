@@ -88,12 +88,24 @@ class NmtqHfQuantizer(HfQuantizer):
             rf"^{name}\.({'|'.join(QUANTIZED_PARTS)})$" for name in escaped} | {rf"^{re.escape(NOTICE_KEY)}$"}
 
     def _process_model_after_weight_loading(self, model, **kwargs):
+        from .quant.packed import PackedTensor, pack_module_weight
+
         for name, q in self.quantized.items():
             module, _, attr = name.rpartition(".")
-            owner = model.get_submodule(module)
-            param = owner._parameters[attr]
-            owner._parameters[attr] = torch.nn.Parameter(q.dequantize().to(param.device), requires_grad=False)
-        model.tie_weights()
+            placeholder = model.get_submodule(module)._parameters[attr]
+            holders = [(m, a) for m in model.modules() for a, p in list(m._parameters.items()) if p is placeholder]
+            device = placeholder.device
+            if not any(isinstance(m, torch.nn.RNNBase) for m, _ in holders):
+                packed = PackedTensor(q).to(device)  # tied weights share it
+                for holder, holder_attr in holders:
+                    pack_module_weight(holder, holder_attr, packed)
+            else:  # decoded once (or an LSTM, which caches its weights in flat buffers)
+                decoded = torch.nn.Parameter(q.dequantize().to(device), requires_grad=False)
+                for holder, holder_attr in holders:
+                    holder._parameters[holder_attr] = decoded
+                if any(isinstance(m, torch.nn.RNNBase) for m, _ in holders):
+                    for holder, _ in holders:
+                        holder._init_flat_weights()
         self.quantized = {}
         return model
 
@@ -103,3 +115,32 @@ class NmtqHfQuantizer(HfQuantizer):
     @property
     def is_trainable(self) -> bool:
         return False
+
+
+def resident_bytes(model: torch.nn.Module, persistent_only: bool = False) -> int:
+    """Bytes of the tensors ``model`` holds (each storage once): parameters and buffers, packed codes included;
+    with ``persistent_only``, those its state dict saves (what a file stores), without computed tables."""
+    tensors = model.state_dict().values() if persistent_only else [*model.parameters(), *model.buffers()]
+    seen: dict[int, int] = {}
+    for t in tensors:
+        if t.numel():
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    return sum(seen.values())
+
+
+def decode_weights(model: torch.nn.Module) -> torch.nn.Module:
+    """Decode every packed weight of ``model`` once, in place (tied weights stay tied): the fp32 student, faster to
+    run and as large as it; returns ``model``."""
+    from .quant.packed import PackedTensor
+
+    decoded: dict[int, torch.nn.Parameter] = {}
+    for module in list(model.modules()):
+        for name, child in list(module._modules.items()):
+            if isinstance(child, PackedTensor) and name.endswith("_packed"):
+                attr = name.removesuffix("_packed")
+                if id(child) not in decoded:
+                    decoded[id(child)] = torch.nn.Parameter(child(), requires_grad=False)
+                del module._modules[name]
+                module.__class__ = module.__class__.__mro__[1]  # the class it had before it was packed
+                module._parameters[attr] = decoded[id(child)]
+    return model

@@ -332,3 +332,31 @@ def test_from_pretrained_loads_an_export_as_load_exported_does(kind, distilled, 
     with pytest.raises(ValueError, match="not serializable"):  # no silent fp32 save under quant_method nmtq
         model.save_pretrained(tmp_path / "again")
     assert not (tmp_path / "again" / "model.safetensors").exists()
+
+
+def test_from_pretrained_keeps_the_codes_packed_in_memory(distilled, tmp_path):
+    from safetensors import safe_open
+    from transformers import AutoModelForSeq2SeqLM
+
+    import nmtq  # noqa: F401
+    from nmtq.hf import decode_weights, resident_bytes
+
+    out = tmp_path / "export"
+    assert main(["export", str(distilled("qd")), str(out)]) == 0
+    packed = AutoModelForSeq2SeqLM.from_pretrained(out).eval()
+    decoded = decode_weights(AutoModelForSeq2SeqLM.from_pretrained(out).eval())
+    with safe_open(str(out / "model.safetensors"), framework="pt") as f:
+        stored, keys = sum(f.get_tensor(k).nbytes for k in f.keys()), set(f.keys())
+    names = {type(m).__name__ for m in packed.modules()}
+    assert {"PackedLinear", "PackedEmbedding"} & names and not {"PackedLinear"} & {type(m).__name__ for m in
+                                                                                    decoded.modules()}
+    # the weights held: the file's tensors, plus the tables the model computes and never stores (sinusoidal
+    # positions); decoded, the quantized weights take 4 bytes each instead of their packed codes
+    computed = sum(t.nbytes for k, t in packed.state_dict().items() if k not in keys and "_packed." not in k)
+    assert computed > 0 and resident_bytes(packed) == stored + computed
+    assert resident_bytes(decoded) > 2 * resident_bytes(packed)
+    from nmtq.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(out)
+    for ours, theirs in zip(outputs(packed, tokenizer), outputs(decoded, tokenizer)):
+        assert torch.equal(ours, theirs)
