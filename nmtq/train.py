@@ -135,8 +135,12 @@ def check_ids_fit(model, dataset, name: str) -> None:
 def start_run(training_args, model_inputs: list, data_files: list, last_file: str = "trainer_state.json"):
     """What every training command does first, before reading data or weights: its logger, the checkpoint it
     resumes (:func:`nmtq.checkpoints.resolve_checkpoint`) and the checks of its ``output_dir`` against the inputs
-    (:func:`nmtq.outputs.check_output_dir`, which also sweeps killed runs' temporary files). Returns
-    ``(log, checkpoint)``."""
+    (:func:`nmtq.outputs.check_output_dir`, which also sweeps killed runs' temporary files), and the seed of
+    ``--seed`` for every random number generator: the models are built before the Trainer seeds them, and torch
+    seeds itself at random in every process. Returns ``(log, checkpoint)``."""
+    from transformers import set_seed
+
+    set_seed(training_args.seed)
     log = main_process_logger(training_args)
     checkpoint = resolve_checkpoint(training_args, last_file, log=log)
     for swept in check_output_dir(training_args.output_dir, model_inputs=model_inputs, data_files=data_files,

@@ -163,3 +163,17 @@ def test_a_local_teacher_directory_is_loaded_and_trained_further(tiny_tsv, tmp_p
     assert main(train_argv(tiny_tsv, second, "--model_name_or_path", str(first), "--max_steps", "2",
                            "--save_strategy", "no")) == 0
     assert (second / "vocab.json").read_text() == (first / "vocab.json").read_text()  # its own tokenizer reused
+
+
+def test_the_same_seed_trains_the_same_teacher_in_any_process(tiny_tsv, tmp_path):
+    # torch seeds itself at random in each process, and the model is built before the Trainer seeds: --seed must
+    # cover the initial weights too
+    files = []
+    for run in ("a", "b"):
+        out = tmp_path / run
+        argv = ["train", "--data", f"tsv:{tiny_tsv}", "--output_dir", str(out), *TINY, "--max_steps", "2",
+                "--save_strategy", "no"]
+        result = subprocess.run([sys.executable, "-m", "nmtq", *argv], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-2000:]
+        files.append((out / "model.safetensors").read_bytes())
+    assert files[0] == files[1]
