@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from . import files
 from .quant import SizeReport
 
 METHODS = {"ptq": "post-training quantization of a distilled student",
@@ -115,7 +116,7 @@ def _size_lines(facts: CardFacts) -> list[str]:
              f"this model in fp32, {size.fp32_bytes:,} bytes) |",
              f"| size (accounting, Huffman) | {size.total_huffman_bytes:,} bytes "
              f"({size.huffman_compression_ratio:.2f}x) |",
-             f"| model.safetensors | {facts.file_bytes:,} bytes ({facts.storage} codes; the rest is the safetensors "
+             f"| {files.WEIGHTS} | {facts.file_bytes:,} bytes ({facts.storage} codes; the rest is the safetensors "
              "header: key names, shapes, metadata) |"]
     if metrics.get("ratio_vs_fp32_teacher"):
         lines.append(f"| compression vs the fp32 teacher | {metrics['ratio_vs_fp32_teacher']}x "
@@ -127,7 +128,7 @@ def _results(facts: CardFacts) -> list[str]:
     metrics = facts.metrics or {}
     found = [(label, metrics[key]) for key, label in facts.results if isinstance(metrics.get(key), int | float)]
     if not found:
-        return ["No test metrics were found (MODEL_DIR/test/metrics.json)."]
+        return [f"No test metrics were found (MODEL_DIR/{files.TEST_DIR}/{files.METRICS})."]
     what = (f"{metrics.get('examples', '?')} images, top-1 %" if facts.task == "image-classification" else
             f"{metrics.get('num_sentences', '?')} sentences, beam {metrics.get('num_beams', '?')}")
     lines = [f"On the test split of {facts.dataset or 'the training corpus'} ({what}):", "",
@@ -169,8 +170,8 @@ def model_card(facts: CardFacts) -> str:
         "## Results", "", *_results(facts), "",
         "## Use", "",
         *_use(facts), "",
-        "`model.safetensors` holds the integer codes bit-packed (or Huffman-coded), the per-bucket ranges, learned "
-        "points and pruning masks, and every other tensor at its own dtype; `quantization_config.json` says how "
+        f"`{files.WEIGHTS}` holds the integer codes bit-packed (or Huffman-coded), the per-bucket ranges, learned "
+        f"points and pruning masks, and every other tensor at its own dtype; `{files.EXPORT_CONFIG}` says how "
         "they decode. `from_pretrained` after `import nmtq` (or `nmtq.export.load_exported`) decodes them into "
         "exactly the weights the student was scored with; without nmtq, transformers refuses the folder rather than "
         "load it with random weights.",

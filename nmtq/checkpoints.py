@@ -32,14 +32,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from . import files
 from .errors import NmtqError
 
 if TYPE_CHECKING:
     from transformers import TrainingArguments
 
-WEIGHTS = "model.safetensors"
-WEIGHTS_INDEX = "model.safetensors.index.json"
-PICKLED_WEIGHTS = "pytorch_model.bin"
 _MAX_HEADER = 100_000_000  # the safetensors library's own limit on a header's length
 
 
@@ -75,22 +73,22 @@ def weights_problem(directory: str | os.PathLike) -> str | None:
         'it has no model.safetensors, only pytorch_model.bin (a pickle, which nmtq does not load)'
     """
     directory = Path(directory)
-    required = [directory / WEIGHTS]
-    if (directory / WEIGHTS_INDEX).is_file() and not (directory / WEIGHTS).exists():
+    required = [directory / files.WEIGHTS]
+    if (directory / files.WEIGHTS_INDEX).is_file() and not (directory / files.WEIGHTS).exists():
         try:
-            weight_map = json.loads((directory / WEIGHTS_INDEX).read_text(encoding="utf-8"))["weight_map"]
+            weight_map = json.loads((directory / files.WEIGHTS_INDEX).read_text(encoding="utf-8"))["weight_map"]
             required = [directory / shard for shard in sorted(set(weight_map.values()))]
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            return f"its {WEIGHTS_INDEX} is not whole JSON with a weight_map"
+            return f"its {files.WEIGHTS_INDEX} is not whole JSON with a weight_map"
         if not required:
-            return f"its {WEIGHTS_INDEX} lists no shard"
+            return f"its {files.WEIGHTS_INDEX} lists no shard"
     for path in required:
         if not path.is_file():
-            if path.name != WEIGHTS:
-                return f"{path.name}, listed in its {WEIGHTS_INDEX}, is missing"
-            if (directory / PICKLED_WEIGHTS).exists():
-                return f"it has no {WEIGHTS}, only {PICKLED_WEIGHTS} (a pickle, which nmtq does not load)"
-            return f"it has no {WEIGHTS}"
+            if path.name != files.WEIGHTS:
+                return f"{path.name}, listed in its {files.WEIGHTS_INDEX}, is missing"
+            if (directory / files.PICKLED_WEIGHTS).exists():
+                return f"it has no {files.WEIGHTS}, only {files.PICKLED_WEIGHTS} (a pickle, which nmtq does not load)"
+            return f"it has no {files.WEIGHTS}"
     others = sorted(p for p in directory.glob("*.safetensors") if not p.name.startswith(".") and p not in required)
     for path in [*required, *others]:
         problem = safetensors_problem(path)
@@ -144,7 +142,7 @@ def safetensors_problem(path: str | os.PathLike) -> str | None:
     return None
 
 
-def checkpoint_problem(directory: str | os.PathLike, last_file: str = "trainer_state.json") -> str | None:
+def checkpoint_problem(directory: str | os.PathLike, last_file: str = files.TRAINER_STATE) -> str | None:
     """Why a run cannot resume from ``directory``, in a few words (None if it can): ``trainer_state.json`` and
     ``last_file`` must be whole JSON, and the weights whole safetensors files (:func:`weights_problem`).
 
@@ -154,13 +152,13 @@ def checkpoint_problem(directory: str | os.PathLike, last_file: str = "trainer_s
         'its trainer_state.json is missing or not whole JSON (not a checkpoint, or its save was cut off)'
     """
     directory = Path(directory)
-    for name in dict.fromkeys(("trainer_state.json", last_file)):
+    for name in dict.fromkeys((files.TRAINER_STATE, last_file)):
         if not _readable_json(directory / name):
             return f"its {name} is missing or not whole JSON (not a checkpoint, or its save was cut off)"
     return weights_problem(directory)
 
 
-def last_complete_checkpoint(output_dir: str, last_file: str = "trainer_state.json",
+def last_complete_checkpoint(output_dir: str, last_file: str = files.TRAINER_STATE,
                              log: Callable[[str], None] | None = None) -> str | None:
     """The newest ``checkpoint-N`` in ``output_dir`` that a run can resume from (see :func:`checkpoint_problem`),
     or None. ``last_file`` is the state file written last: ``trainer_state.json`` by default, which the Trainer
@@ -176,11 +174,7 @@ def last_complete_checkpoint(output_dir: str, last_file: str = "trainer_state.js
         skipping checkpoint-6: it has no model.safetensors
         True
     """
-    steps = []
-    for path in Path(output_dir).glob("checkpoint-*") if os.path.isdir(output_dir) else ():
-        if path.name.split("-")[-1].isdigit() and path.is_dir():
-            steps.append((int(path.name.split("-")[-1]), path))
-    for _, path in sorted(steps, reverse=True):
+    for path in reversed(files.checkpoint_dirs(output_dir)):
         problem = checkpoint_problem(path, last_file)
         if problem is None:
             return str(path)
@@ -197,7 +191,7 @@ def _readable_json(path: Path) -> bool:
         return False
 
 
-def resolve_checkpoint(training_args: TrainingArguments, last_file: str = "trainer_state.json",
+def resolve_checkpoint(training_args: TrainingArguments, last_file: str = files.TRAINER_STATE,
                        log: Callable[[str], None] | None = None) -> str | None:
     """The checkpoint ``--resume_from_checkpoint`` names, checked before anything is loaded, or None.
 
@@ -218,13 +212,13 @@ def resolve_checkpoint(training_args: TrainingArguments, last_file: str = "train
     if str(value).lower() in ("last", "true"):
         last = last_complete_checkpoint(training_args.output_dir, last_file, log)
         if last is None:
-            raise NmtqError(f"--resume_from_checkpoint {value}: no complete checkpoint-* directory in "
+            raise NmtqError(f"--resume_from_checkpoint {value}: no complete {files.CHECKPOINT_PREFIX}* directory in "
                              f"{training_args.output_dir!r}; start without it")
         log(f"resuming from {last}")
         return last
     if not os.path.isdir(value):
         raise NmtqError(f"--resume_from_checkpoint {value!r} is not a directory; pass --resume_from_checkpoint "
-                         "last (the newest complete checkpoint) or a checkpoint-* directory")
+                         f"last (the newest complete checkpoint) or a {files.CHECKPOINT_PREFIX}* directory")
     problem = checkpoint_problem(value, last_file)
     if problem is not None:
         raise NmtqError(f"--resume_from_checkpoint {value!r} cannot be resumed from: {problem}; pass "

@@ -14,7 +14,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-from . import __version__
+from . import __version__, files
 from .errors import NmtqError
 
 
@@ -88,7 +88,8 @@ def _run_table(args: argparse.Namespace) -> int:
 def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "evaluate", help="Translate a data split with a model directory; print BLEU, chrF and perplexity.",
-        description="Scores are sacreBLEU's (signature printed); hypotheses.txt and metrics.json go to --output-dir.",
+        description=f"Scores are sacreBLEU's (signature printed); {files.HYPOTHESES} and {files.METRICS} go to "
+                    "--output-dir.",
     )
     parser.add_argument("model_dir", help="A directory with a seq2seq model and its tokenizer (save_pretrained).")
     parser.add_argument("--data", required=True, help="Data spec, e.g. bible, tsv:test.tsv, sacrebleu:wmt14.")
@@ -108,8 +109,8 @@ def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=_positive_int, default=32)
     parser.add_argument("--max-length", type=_positive_int, default=None,
                         help="Score only pairs with at most this many pieces a side.")
-    parser.add_argument("--output-dir", default=None, help="Where hypotheses.txt and metrics.json go "
-                                                          "(default: MODEL_DIR/eval-SPLIT).")
+    parser.add_argument("--output-dir", default=None, help=f"Where {files.HYPOTHESES} and {files.METRICS} go "
+                                                          f"(default: MODEL_DIR/{files.EVALUATION_PREFIX}SPLIT).")
     parser.add_argument("--engine", default="transformers", choices=("transformers", "ctranslate2"),
                         help="Decode with transformers, or with CTranslate2 (a folder of `nmtq export --ctranslate2`, "
                              "or a model folder converted on the fly; needs nmtq[ct2]).")
@@ -126,7 +127,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     metrics = evaluate_directory(
         args.model_dir, args.data, split=args.split, source_lang=args.source_lang, target_lang=args.target_lang,
         max_length=args.max_length, num_beams=args.num_beams, max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size, output_dir=args.output_dir or f"{args.model_dir}/eval-{args.split}",
+        batch_size=args.batch_size, output_dir=args.output_dir or files.evaluation_dir(args.model_dir, args.split),
         engine=args.engine, compute_type=args.compute_type, inter_threads=args.inter_threads,
         source_lang_code=args.source_lang_code, target_lang_code=args.target_lang_code,
         source_prefix=args.source_prefix,
@@ -137,8 +138,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 def _add_export(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "export", help="Write a quantized student as a Hub-ready folder: packed codes in one model.safetensors, "
-                       "quantization_config.json, tokenizer and model card.",
+        "export", help=f"Write a quantized student as a Hub-ready folder: packed codes in one {files.WEIGHTS}, "
+                       f"{files.EXPORT_CONFIG}, tokenizer and model card.",
         description="Load it back with nmtq.export.load_exported(OUT_DIR); the file's bytes are printed beside the "
                     "size accounting. Nothing is written unless every input checks out; an earlier export in "
                     "OUT_DIR is replaced.",
@@ -148,8 +149,9 @@ def _add_export(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--huffman", action="store_true",
                         help="Store the codes Huffman-coded (smaller when few levels dominate) instead of packed.")
     parser.add_argument("--dequantize", action="store_true",
-                        help="Also write OUT_DIR/dequantized/, a plain transformers checkpoint of the decoded weights "
-                             "(Marian/FSMT/BART load it without nmtq; the LSTM student needs `import nmtq.lstm`).")
+                        help=f"Also write OUT_DIR/{files.DEQUANTIZED_DIR}/, a plain transformers checkpoint of the "
+                             "decoded weights (Marian/FSMT/BART load it without nmtq; the LSTM student needs "
+                             "`import nmtq.lstm`).")
     parser.add_argument("--teacher", default=None, help="The teacher's name for the model card.")
     parser.add_argument("--dataset", default=None, help="The test set's name for the model card.")
     parser.add_argument("--ctranslate2", nargs="?", const="int8", default=None, metavar="QUANTIZATION",
@@ -165,11 +167,11 @@ def _add_export(subparsers: argparse._SubParsersAction) -> None:
 
 def _run_export(args: argparse.Namespace) -> int:
     if args.ctranslate2:
-        from .ct2 import INFO_FILE, convert_to_ctranslate2, int8_saturates_here
+        from .ct2 import convert_to_ctranslate2, int8_saturates_here
 
         out = convert_to_ctranslate2(args.model_dir, args.out_dir, quantization=args.ctranslate2, force=args.force,
                                      int8_bits=args.int8_bits)
-        bits = json.loads((out / INFO_FILE).read_text(encoding="utf-8")).get("int8_bits")
+        bits = json.loads((out / files.CT2_INFO).read_text(encoding="utf-8")).get("int8_bits")
         codes = f", {bits}-bit codes" if bits else ""
         print(f"CTranslate2 model ({args.ctranslate2}{codes}) of {args.model_dir} written to {out}")
         if bits == 8 and int8_saturates_here():
@@ -223,7 +225,7 @@ def _run_push(args: argparse.Namespace) -> int:
 def _add_env(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "env", help="Print the versions, CPU (AVX2, AVX-512, VNNI), threads and GPU that numbers are measured with.",
-        description="The block that every metrics.json, table.json and benchmark JSON carries under "
+        description=f"The block that every {files.METRICS}, {files.TABLE_JSON} and benchmark JSON carries under "
                     "\"environment\"; paste it into a bug report or beside a result.",
     )
     parser.add_argument("--json", action="store_true", help="Print it as JSON instead of '- key: value' lines.")

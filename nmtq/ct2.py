@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 
+from . import files
 from .env import parse_cpuinfo, read_cpuinfo
 from .errors import NmtqError
 from .evaluation import _check_lengths, _check_model_dir, _max_source_length, _truncation, evaluate_with
@@ -48,7 +49,6 @@ from .tokenizer import encode_targets
 SUPPORTED_MODEL_TYPES = ("marian", "bart", "mbart", "m2m_100", "t5", "mt5")
 INT8_QUANTIZATIONS = ("int8", "int8_float32", "int8_float16", "int8_bfloat16")
 QUANTIZATIONS = (*INT8_QUANTIZATIONS, "int16", "float16", "bfloat16", "float32")
-INFO_FILE = "nmtq_ct2.json"
 _FORMAT = "nmtq.ctranslate2.v1"
 
 
@@ -63,7 +63,7 @@ def _require_ctranslate2():
 def _model_type(model_dir: Path) -> str:
     """The ``model_type`` of ``model_dir/config.json``; a clear error for what CTranslate2 cannot run."""
     _check_model_dir(model_dir)
-    model_type = json.loads((model_dir / "config.json").read_text(encoding="utf-8")).get("model_type")
+    model_type = json.loads((model_dir / files.CONFIG).read_text(encoding="utf-8")).get("model_type")
     if model_type == "nmtq-lstm":
         raise NmtqError(f"{model_dir} holds nmtq's LSTM student, which CTranslate2 cannot run (it runs "
                          "Transformers): distill a Transformer student (--student_type transformer) to use it")
@@ -76,11 +76,11 @@ def _model_type(model_dir: Path) -> str:
 
 def _load(model_dir: Path):
     """``(model, tokenizer)`` from a saved model folder or an ``nmtq export`` folder, vocabulary checked."""
-    from .export import EXPORT_CONFIG, load_exported
+    from .export import load_exported
     from .models import load_model
     from .tokenizer import load_tokenizer
 
-    if (model_dir / EXPORT_CONFIG).is_file():
+    if (model_dir / files.EXPORT_CONFIG).is_file():
         model, tokenizer = load_exported(model_dir)
     else:
         model, tokenizer = load_model(model_dir).eval(), load_tokenizer(model_dir)
@@ -131,10 +131,10 @@ def student_int8_bits(model_dir: str | os.PathLike) -> int | None:
     levels (no learned points) and at most 8 bits, read from its ``quantization.json`` (``nmtq distill``) or
     ``quantization_config.json`` (``nmtq export``); with bits that differ between layers, the largest.
     """
-    from .export import EXPORT_CONFIG, _read_json
+    from .export import _read_json
 
     model_dir = Path(model_dir)
-    for name, section in ((EXPORT_CONFIG, None), ("quantization.json", "config")):
+    for name, section in ((files.EXPORT_CONFIG, None), (files.QUANTIZATION, "config")):
         if (model_dir / name).is_file():
             data = _read_json(model_dir / name, "write the folder again with the nmtq command that made it")
             config = (data.get(section) or {}) if section else data
@@ -246,7 +246,7 @@ def convert_to_ctranslate2(model_dir: str | os.PathLike, out_dir: str | os.PathL
 
     def write(tmp: Path) -> None:
         SpecConverter().convert(str(tmp), quantization=None if int8_bits else quantization, force=True)
-        write_json_atomic(tmp / INFO_FILE, info)
+        write_json_atomic(tmp / files.CT2_INFO, info)
 
     # the folder is all a translator needs: model, vocabulary and every file the tokenizer saves (a Marian
     # tokenizer's SentencePiece models, BART's vocab.json and merges.txt, or a tokenizer.json)
@@ -280,7 +280,7 @@ class Ct2Translator:
         ct2, model_dir = _require_ctranslate2(), Path(model_dir)
         self.compute_type, self.inter_threads = compute_type, inter_threads
         threads = intra_threads or max(1, torch.get_num_threads() // inter_threads)
-        if (model_dir / "model.bin").is_file():
+        if (model_dir / files.CT2_WEIGHTS).is_file():
             self._open(ct2, model_dir, device, threads)
             return
         with tempfile.TemporaryDirectory(prefix="nmtq-ct2-") as tmp:  # CTranslate2 reads the files once, here
@@ -290,7 +290,7 @@ class Ct2Translator:
     def _open(self, ct2, model_dir: Path, device: str, threads: int) -> None:
         from .tokenizer import load_tokenizer
 
-        info_file = model_dir / INFO_FILE
+        info_file = model_dir / files.CT2_INFO
         info = json.loads(info_file.read_text(encoding="utf-8")) if info_file.is_file() else {}
         self.tokenizer = load_tokenizer(model_dir)
         self.max_source_length: int | None = info.get("max_source_length", self.tokenizer.model_max_length)

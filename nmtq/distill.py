@@ -26,11 +26,12 @@ from pathlib import Path
 import torch
 from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer
 
+from . import files
 from .args import DataArguments, NmtTrainingArguments
 from .card import teacher_card
 from .conventions import apply_conventions, resolve_conventions
 from .errors import NmtqError
-from .export import CODES_FILE, save_codes
+from .export import save_codes
 from .io import write_json_atomic
 from .losses import TopK, distillation_loss
 from .methods import (
@@ -63,7 +64,6 @@ from .train import (
     with_prefix,
 )
 from .vocab import (
-    TRIM_FILE,
     TrimmedTeacher,
     VocabularyTrim,
     check_trimmable,
@@ -99,8 +99,9 @@ class DistillArguments(MethodArguments):
                                      "once and cached on disk in shards (Apprentice's scheme B); 0: run the "
                                      "teacher live."})
     teacher_cache_dir: str | None = field(
-        default=None, metadata={"help": "Where the teacher caches go (default: teacher-cache beside OUTPUT_DIR, "
-                                        "shared by the students of one folder; never inside the teacher)."})
+        default=None, metadata={"help": f"Where the teacher caches go (default: {files.TEACHER_CACHE_DIR} beside "
+                                        "OUTPUT_DIR, shared by the students of one folder; never inside the "
+                                        "teacher)."})
     cache_shard_size: int = field(default=2048, metadata={"help": "Examples per teacher-cache shard (each shard is "
                                                                   "written atomically: the unit of resumption)."})
     source_lang_code: str | None = field(
@@ -257,12 +258,12 @@ def build_student(distill_args: DistillArguments, teacher):
         student = make_student(teacher, distill_args.student_encoder_layers, distill_args.student_decoder_layers,
                                distill_args.student_d_model, distill_args.student_ffn_dim, distill_args.student_init)
     rows, teacher_rows = (m.get_output_embeddings().weight.shape[0] for m in (student, teacher))
-    trimmed = Path(distill_args.student_name_or_path or "") / TRIM_FILE
+    trimmed = Path(distill_args.student_name_or_path or "") / files.TRIMMED_VOCABULARY
     if distill_args.student_name_or_path and trimmed.is_file():
         trim = load_trim(trimmed)
         if not distill_args.trim_vocabulary:
-            raise NmtqError(f"the student {distill_args.student_name_or_path} has a trimmed vocabulary ({TRIM_FILE}):"
-                             " pass --trim_vocabulary to distil it again")
+            raise NmtqError(f"the student {distill_args.student_name_or_path} has a trimmed vocabulary "
+                             f"({trimmed.name}): pass --trim_vocabulary to distil it again")
         if (trim.old_size, trim.size) != (teacher_rows, rows):
             raise NmtqError(f"the student {distill_args.student_name_or_path} was trimmed from a {trim.old_size:,}-"
                              f"token teacher to {trim.size:,} tokens, but this teacher has {teacher_rows:,} and the "
@@ -337,7 +338,8 @@ def distill(data_args: DataArguments, distill_args: DistillArguments, quant_conf
 
 def _cache_settings(distill_args: DistillArguments, training_args: NmtTrainingArguments, log):
     """Where the teacher caches go, the teacher's fingerprint, and how processes share the work."""
-    root = Path(distill_args.teacher_cache_dir or Path(training_args.output_dir).absolute().parent / "teacher-cache")
+    default = Path(training_args.output_dir).absolute().parent / files.TEACHER_CACHE_DIR
+    root = Path(distill_args.teacher_cache_dir or default)
     shared = {"shard_size": distill_args.cache_shard_size, "process_index": training_args.process_index,
               "num_processes": training_args.world_size, "wait": training_args.distributed_state.wait_for_everyone,
               "log": log}
@@ -392,7 +394,7 @@ def trim_student(student, tokenizer, train_set, distill_args: DistillArguments, 
     """``--trim_vocabulary``: the kept ids (those of the training sources and targets, plus what the tokenizer
     needs) and the student trimmed to them, or a student trimmed before (``--student_name_or_path`` of a run with
     ``--trim_vocabulary``) with its kept ids. Returns the trim, the student and the sizes for metrics.json."""
-    saved = Path(distill_args.student_name_or_path or "") / TRIM_FILE
+    saved = Path(distill_args.student_name_or_path or "") / files.TRIMMED_VOCABULARY
     if distill_args.student_name_or_path and saved.is_file():
         trim = load_trim(saved)
         log(f"the student from {distill_args.student_name_or_path} keeps {trim.size:,} of the teacher's "
@@ -443,10 +445,10 @@ def _finish(student, tokenizer, quantizer, teacher_size: SizeReport, test_set, d
         student.save_pretrained(output_dir)
         tokenizer.save_pretrained(output_dir)
         if trim is not None:
-            save_trim(trim, output_dir / TRIM_FILE)
+            save_trim(trim, output_dir / files.TRIMMED_VOCABULARY)
         if finished.quantization is not None:
-            write_json_atomic(output_dir / "quantization.json", finished.quantization)
-            save_codes(finished.codes, output_dir / CODES_FILE)  # the exact integer codes behind the saved weights
+            write_json_atomic(output_dir / files.QUANTIZATION, finished.quantization)
+            save_codes(finished.codes, output_dir / files.CODES)  # the exact integer codes behind the saved weights
         metrics = score_test_split(student, tokenizer, test_set, data_args, training_args, log)
         metrics.update(teacher=distill_args.teacher, teacher_card=card_teacher, data=data_args.spec("train"),
                        method=distill_args.method,
@@ -454,7 +456,7 @@ def _finish(student, tokenizer, quantizer, teacher_size: SizeReport, test_set, d
                        **dict(zip(("encoder_layers", "decoder_layers"), depth(student.config))),
                        sequence_kd=distill_args.sequence_kd, teacher_top_k=distill_args.teacher_top_k,
                        alternate_every=distill_args.alternate_every, **({"vocabulary": vocabulary} if trim else {}))
-        write_json_atomic(output_dir / "test" / "metrics.json", metrics)
+        write_json_atomic(files.metrics_file(output_dir), metrics)
         log(finished.summary(teacher_size))
     training_args.distributed_state.wait_for_everyone()
     return metrics

@@ -22,12 +22,11 @@ from typing import Any
 
 import torch
 
+from . import files
 from .env import environment
 from .errors import NmtqError
 from .io import write_json_atomic, write_text_atomic
 from .tokenizer import encode_targets
-
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 
 
 @contextlib.contextmanager
@@ -249,22 +248,23 @@ def evaluate_with(translate_fn: Callable[[list[str]], list[str]],
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         # a hypothesis holding a line break would shift every later line of the file
-        write_text_atomic(output_dir / "hypotheses.txt", "".join(" ".join(h.splitlines()) + "\n" for h in hypotheses))
-        write_json_atomic(output_dir / "metrics.json", metrics)
+        write_text_atomic(output_dir / files.HYPOTHESES, "".join(" ".join(h.splitlines()) + "\n" for h in hypotheses))
+        write_json_atomic(output_dir / files.METRICS, metrics)
     return metrics
 
 
 def _check_model_dir(model_dir: Path) -> None:
     if not model_dir.is_dir():
         raise NmtqError(f"model directory {str(model_dir)!r} does not exist: pass a directory written by "
-                         f"nmtq or save_pretrained (config.json, model.safetensors and the tokenizer files)")
-    if not (model_dir / "config.json").is_file():
-        raise NmtqError(f"{str(model_dir)!r} has no config.json: pass a directory written by save_pretrained")
-    if not any((model_dir / name).is_file() for name in WEIGHT_FILES):
+                         f"nmtq or save_pretrained ({files.CONFIG}, {files.WEIGHTS} and the tokenizer files)")
+    if not (model_dir / files.CONFIG).is_file():
+        raise NmtqError(f"{str(model_dir)!r} has no {files.CONFIG}: pass a directory written by save_pretrained")
+    weights = (files.WEIGHTS, files.WEIGHTS_INDEX)
+    if not any((model_dir / name).is_file() for name in weights):
         found = sorted(p.name for p in model_dir.iterdir())
         raise NmtqError(
-            f"{str(model_dir)!r} holds no safetensors weights ({' or '.join(WEIGHT_FILES)}; found {found}): "
-            f"save the model with save_pretrained, or convert a pytorch_model.bin you trust by loading it with "
+            f"{str(model_dir)!r} holds no safetensors weights ({' or '.join(weights)}; found {found}): "
+            f"save the model with save_pretrained, or convert a {files.PICKLED_WEIGHTS} you trust by loading it with "
             f"use_safetensors=False and saving it again")
 
 
@@ -314,7 +314,7 @@ def evaluate_directory(model_dir: str | os.PathLike, data_spec: str, split: str 
     if engine == "ctranslate2":
         if source_lang_code or target_lang_code:
             raise NmtqError("a CTranslate2 folder keeps the language codes it was converted with (its tokenizer "
-                             "and nmtq_ct2.json): leave out --source-lang-code and --target-lang-code, or convert "
+                             f"and {files.CT2_INFO}): leave out --source-lang-code and --target-lang-code, or convert "
                              "a model saved with other codes")
         from .ct2 import Ct2Translator
 
@@ -361,7 +361,7 @@ def evaluate_directory(model_dir: str | os.PathLike, data_spec: str, split: str 
                        "max_length": max_length,
                        "cleaning": dataclasses.asdict(report) if dataclasses.is_dataclass(report) else report}
     if output_dir is not None:  # written again, atomically, now with the model and data fields
-        write_json_atomic(Path(output_dir) / "metrics.json", metrics)
+        write_json_atomic(Path(output_dir) / files.METRICS, metrics)
     return metrics
 
 

@@ -27,11 +27,11 @@ from __future__ import annotations
 import logging
 import math
 import shutil
-from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
 
+from . import files
 from .errors import NmtqError
 
 logger = logging.getLogger(__name__)
@@ -118,10 +118,10 @@ class FiniteCheckpoints(TrainerCallback):
     def on_save(self, args, state, control, model=None, **kwargs):
         if model is None:
             return control
+        directory = files.checkpoint_dir(args.output_dir, state.global_step)
         try:
-            check_finite(model, f"checkpoint-{state.global_step}")
+            check_finite(model, directory.name)
         except NmtqError as err:
-            directory = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if state.is_world_process_zero and directory.is_dir():
                 shutil.rmtree(directory, ignore_errors=True)
             raise NmtqError(f"{err}; it was removed, so --resume_from_checkpoint last goes on from the one "

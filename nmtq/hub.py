@@ -12,6 +12,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from .errors import NmtqError
+from .files import CONFIG, MODEL_CARD, WEIGHTS, WEIGHTS_INDEX
 
 
 def reachable(url: str, timeout: float = 5.0) -> bool:
@@ -115,18 +116,17 @@ def check_folder(folder: str | os.PathLike) -> tuple[list[tuple[str, int]], list
         raise NmtqError(f"{root} is not a directory: pass a folder written by `nmtq export` (or save_pretrained)")
     files = upload_files(root)
     paths = {path for path, _ in files}
-    weights = {"model.safetensors", "model.safetensors.index.json"} & paths
-    if "config.json" not in paths or not weights:
-        lacking = " and ".join(n for n, ok in (("config.json", "config.json" in paths),
-                                                ("model.safetensors", weights)) if not ok)
+    weights = {WEIGHTS, WEIGHTS_INDEX} & paths
+    if CONFIG not in paths or not weights:
+        lacking = " and ".join(n for n, ok in ((CONFIG, CONFIG in paths), (WEIGHTS, weights)) if not ok)
         raise NmtqError(f"{root} lacks {lacking}, so it is not a model folder: {again}")
     pickles = [path for path in sorted(paths) if path.lower().endswith(PICKLE_SUFFIXES)]
     if pickles:
         raise NmtqError(f"{root} holds pickle files ({', '.join(pickles[:5])}): loading a pickle runs code, so "
-                         "nmtq pushes safetensors only; remove them from the folder (model.safetensors holds the "
+                         f"nmtq pushes safetensors only; remove them from the folder ({WEIGHTS} holds the "
                          f"weights) or {again}")
-    notes = [] if "README.md" in paths else [f"{root} has no README.md, so the repository gets no model card: "
-                                             "`nmtq export` writes one"]
+    notes = [] if MODEL_CARD in paths else [f"{root} has no {MODEL_CARD}, so the repository gets no model card: "
+                                            "`nmtq export` writes one"]
     return files, notes
 
 

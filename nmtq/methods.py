@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+from . import files
 from .errors import NmtqError
 from .guard import GuardedTrainingMixin
 from .io import atomic_path, write_json_atomic
@@ -45,8 +46,6 @@ from .quant.quantizer import POINTS_SUFFIX
 from .quant.size import stored_tensors
 
 METHODS = ("fp", "kd", "ptq", "qd", "dq")
-QUANTIZER_STATE = "quantizer.json"
-MASKS = "quantizer-masks.safetensors"
 
 
 @dataclass
@@ -117,7 +116,7 @@ class MethodArguments:
     @property
     def checkpoint_last_file(self) -> str:
         """The file written last into a checkpoint: the quantizer's state when there is a quantizer."""
-        return QUANTIZER_STATE if self.quantized else "trainer_state.json"
+        return files.QUANTIZER_STATE if self.quantized else files.TRAINER_STATE
 
     @property
     def effective_alpha(self) -> float:
@@ -190,25 +189,25 @@ class SaveQuantizerState(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            checkpoint = files.checkpoint_dir(args.output_dir, state.global_step)
             masks = self.quantizer.mask_state()
             if masks:
                 from safetensors.torch import save_file
 
-                with atomic_path(checkpoint / MASKS) as tmp:
+                with atomic_path(checkpoint / files.MASKS) as tmp:
                     save_file({name: mask.to(torch.uint8) for name, mask in masks.items()}, str(tmp))
-            write_json_atomic(checkpoint / QUANTIZER_STATE, self.quantizer.state_dict())  # last: marks it whole
+            write_json_atomic(checkpoint / files.QUANTIZER_STATE, self.quantizer.state_dict())  # last: marks it whole
 
 
 def load_quantizer_state(quantizer: Quantizer, checkpoint: str | Path) -> None:
     """Restore what :class:`SaveQuantizerState` wrote into ``checkpoint`` (nothing if it holds no quantizer)."""
     checkpoint = Path(checkpoint)
-    if (checkpoint / QUANTIZER_STATE).is_file():
-        quantizer.load_state_dict(json.loads((checkpoint / QUANTIZER_STATE).read_text()))
-    if (checkpoint / MASKS).is_file():
+    if (checkpoint / files.QUANTIZER_STATE).is_file():
+        quantizer.load_state_dict(json.loads((checkpoint / files.QUANTIZER_STATE).read_text()))
+    if (checkpoint / files.MASKS).is_file():
         from safetensors.torch import load_file
 
-        quantizer.load_mask_state(load_file(str(checkpoint / MASKS)))
+        quantizer.load_mask_state(load_file(str(checkpoint / files.MASKS)))
 
 
 class PruneSchedule(TrainerCallback):

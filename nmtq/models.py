@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from . import files
 from .args import ModelArguments
 from .errors import NmtqError
 from .guard import check_finite
@@ -67,13 +68,13 @@ def check_model_source(name_or_path: str | os.PathLike | None, what: str, tokeni
     if path.is_dir():
         if tokenizer_only:
             return
-        if not (path / "config.json").is_file():
-            raise NmtqError(f"the {what} {name} is not a model folder (no config.json): pass a folder written by "
+        if not (path / files.CONFIG).is_file():
+            raise NmtqError(f"the {what} {name} is not a model folder (no {files.CONFIG}): pass a folder written by "
                             "save_pretrained")
         problem = weights_problem(path)
         if problem:
             raise NmtqError(f"the {what} {name} cannot be loaded: {problem}; pass a folder with complete "
-                            "model.safetensors weights")
+                            f"{files.WEIGHTS} weights")
         return
     if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep + os.sep in name:
         raise NmtqError(f"the {what} {name} is {'a file' if path.exists() else 'missing'}: pass an existing folder "
@@ -100,7 +101,7 @@ def load_model(name_or_path: str | os.PathLike):
     except (OSError, ValueError, SafetensorError) as err:  # a truncated or corrupt model.safetensors included
         raise NmtqError(
             f"could not load a seq2seq model from {str(name_or_path)!r}: pass a directory written by "
-            f"save_pretrained with a complete model.safetensors, or a Hub id when online ({err})"
+            f"save_pretrained with a complete {files.WEIGHTS}, or a Hub id when online ({err})"
         ) from err
     check_finite(model, str(name_or_path))
     freeze_fixed_tables(model)

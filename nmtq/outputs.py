@@ -29,25 +29,14 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from . import files
 from .errors import NmtqError
 from .io import sweep_temporary_files, temporary_prefix
 
-MODEL_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-               "quantized.safetensors")
-"""Files whose presence means a directory holds a model."""
-
 
 def holds_model(directory: str | os.PathLike) -> bool:
-    """Whether ``directory`` holds a model's files (see :data:`MODEL_FILES`)."""
-    return any((Path(directory) / name).is_file() for name in MODEL_FILES)
-
-
-def checkpoints(directory: str | os.PathLike) -> list[Path]:
-    """The ``checkpoint-N`` folders of a Trainer output directory."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        return []
-    return sorted(p for p in directory.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit())
+    """Whether ``directory`` holds a model's files (see :data:`nmtq.files.MODEL_FILES`)."""
+    return any((Path(directory) / name).is_file() for name in files.MODEL_FILES)
 
 
 def check_output_dir(output_dir: str | os.PathLike, *, model_inputs: Iterable[str | os.PathLike | None] = (),
@@ -77,7 +66,7 @@ def check_output_dir(output_dir: str | os.PathLike, *, model_inputs: Iterable[st
             raise NmtqError(f"--output_dir {output_dir} is the folder of the data {given}: choose an output_dir "
                             "of its own, so that the data are never written over")
     check_writable(out, "--output_dir")
-    found = [p.name for p in checkpoints(out)]
+    found = [p.name for p in files.checkpoint_dirs(out)]
     if not resuming and (holds_model(out) or found) and not overwrite:
         what = "a model" if holds_model(out) else f"checkpoints ({', '.join(found[-2:])})"
         raise NmtqError(f"--output_dir {output_dir} already holds {what}: choose another output_dir, resume it "
@@ -85,7 +74,7 @@ def check_output_dir(output_dir: str | os.PathLike, *, model_inputs: Iterable[st
     if not main_process:
         return []
     if not resuming and overwrite:
-        for checkpoint in checkpoints(out):
+        for checkpoint in files.checkpoint_dirs(out):
             shutil.rmtree(checkpoint, ignore_errors=True)  # another machine's main process may remove it too
     return sweep_temporary_files(out, recursive=True)
 

@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import files
 from .env import describe_environment, environment
 from .errors import NmtqError
 from .io import atomic_path, write_json_atomic, write_text_atomic
@@ -50,7 +51,6 @@ TASKS = {
                                              ("perplexity", "perplexity", ".2f")), "layers"),
     "images": Task("distill-images", "distill-images", (("top-1 %", "accuracy", ".2f"),), "architecture"),
 }
-RUN_TIME = "table-run.json"  # the wall time of the call that finished a run, so a reused run keeps it
 
 
 @dataclass
@@ -61,7 +61,7 @@ class TableArguments:
     teacher_recipe: str = field(
         default="recipes/bible-de-en-teacher.yaml",
         metadata={"help": "Recipe of `nmtq train` for the teacher; trained unless its output_dir already holds "
-                          "test/metrics.json."})
+                          f"{files.TEST_DIR}/{files.METRICS}."})
     teacher_args: str = field(default="", metadata={"help": "Fields overriding the teacher recipe, e.g. "
                                                            "'--max_steps 700 --output_dir runs/quick/teacher'."})
     students: list[str] = field(
@@ -161,11 +161,11 @@ def _call(argv: list[str], output_dir: Path, what: str, log) -> tuple[dict, floa
     """Run ``nmtq ARGV`` unless it has finished before; resume it from its last checkpoint if it was cut off.
 
     Returns the run's test metrics and its wall time in seconds (that of the call that finished it, kept in
-    ``RUN_TIME``; None for a run finished by another command)."""
+    :data:`nmtq.files.RUN_TIME`; None for a run finished by another command)."""
     from .checkpoints import last_complete_checkpoint
     from .cli import main
 
-    metrics_file, time_file = output_dir / "test" / "metrics.json", output_dir / RUN_TIME
+    metrics_file, time_file = files.metrics_file(output_dir), output_dir / files.RUN_TIME
     if metrics_file.is_file():
         log(f"{what}: finished before, reusing {output_dir}")
         seconds = json.loads(time_file.read_text())["seconds"] if time_file.is_file() else None
@@ -221,12 +221,13 @@ def make_table(args: TableArguments) -> dict:
     result = {"arguments": dataclasses.asdict(args), "hardware": describe_environment(env),
               "wall_seconds": round(wall, 1), "rows": rows, "environment": env}
     markdown = format_table(result, task)
-    write_json_atomic(out / "table.json", result)
-    write_text_atomic(out / "table.md", markdown + "\n")
+    write_json_atomic(out / files.TABLE_JSON, result)
+    write_text_atomic(out / files.TABLE_MD, markdown + "\n")
+    chart = files.plot_file(out, task.metrics[0][1])
     if args.plot:
-        plot(rows, out / f"{task.metrics[0][1]}-vs-bytes.png", task)
+        plot(rows, chart, task)
     print(markdown, flush=True)
-    log(f"done: {out / 'table.md'}" + (f", {out / f'{task.metrics[0][1]}-vs-bytes.png'}" if args.plot else ""))
+    log(f"done: {out / files.TABLE_MD}" + (f", {chart}" if args.plot else ""))
     return result
 
 

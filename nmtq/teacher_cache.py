@@ -24,11 +24,10 @@ from typing import Any
 
 import torch
 
+from . import files
 from .errors import NmtqError
 from .io import atomic_path, sweep_temporary_files, write_json_atomic, write_text_atomic
 from .losses import TopK, top_k
-
-META = "meta.json"
 
 
 def _json_value(value: Any) -> Any:
@@ -61,7 +60,7 @@ def teacher_fingerprint(name_or_path: str) -> str:
     if not path.is_dir():
         return fingerprint(name_or_path)
     digest = hashlib.sha256()
-    for file in sorted([path / "config.json", *path.glob("*.safetensors")]):
+    for file in sorted([path / files.CONFIG, *path.glob("*.safetensors")]):
         if file.is_file():
             with file.open("rb") as f:
                 for block in iter(lambda: f.read(1 << 22), b""):
@@ -93,7 +92,7 @@ class _Shards:
         todo = [i for i in range(self.count) if i % num_processes == process_index and not self.path(i).is_file()]
         if process_index == 0:
             sweep_temporary_files(self.directory)  # the shards a killed run was writing
-            write_json_atomic(self.directory / META, self.meta)
+            write_json_atomic(self.directory / files.TEACHER_CACHE_META, self.meta)
             done = sum(self.path(i).is_file() for i in range(self.count))
             log(f"teacher cache {self.directory}: {done} of {self.count} {self.prefix} shards present")
         for shard in todo:

@@ -20,12 +20,16 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from . import files
 from .errors import NmtqError
 from .hub import require_hub
 from .io import atomic_path, temporary_prefix
 
 SPECIALS = ("</s>", "<unk>")
 PAD = "<pad>"
+VOCAB = "vocab.json"  # a Marian or M2M100 tokenizer's token -> id map
+TOKENIZER_FILES = (files.TOKENIZER_CONFIG, "special_tokens_map.json", VOCAB, "source.spm", "target.spm")
+"""A saved Marian tokenizer's files, as :func:`copy_tokenizer_files` copies them."""
 
 
 def _train_sentencepiece(texts: Iterable[str], vocab_size: int, model_type: str) -> bytes:
@@ -77,10 +81,10 @@ def train_tokenizer(texts: Iterable[str], output_dir: str | os.PathLike, vocab_s
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=output_dir, prefix=temporary_prefix("tokenizer")) as tmp:
-        spm_file = Path(tmp) / "joint.spm"
+        spm_file, vocab_file = Path(tmp) / "joint.spm", Path(tmp) / VOCAB
         spm_file.write_bytes(model)
-        (Path(tmp) / "vocab.json").write_text(json.dumps(_marian_vocab(spm_file), ensure_ascii=False, indent=0))
-        tokenizer = MarianTokenizer(str(spm_file), str(spm_file), str(Path(tmp) / "vocab.json"),
+        vocab_file.write_text(json.dumps(_marian_vocab(spm_file), ensure_ascii=False, indent=0))
+        tokenizer = MarianTokenizer(str(spm_file), str(spm_file), str(vocab_file),
                                     source_lang=source_lang, target_lang=target_lang)
         saved = Path(tmp) / "saved"
         tokenizer.save_pretrained(saved)
@@ -99,7 +103,7 @@ def load_tokenizer(name_or_path: str | os.PathLike):
     except (OSError, ValueError) as err:
         raise NmtqError(
             f"could not load a tokenizer from {str(name_or_path)!r}: pass a directory saved by nmtq or "
-            f"save_pretrained (with tokenizer_config.json), or a Hub id when online ({err})"
+            f"save_pretrained (with {files.TOKENIZER_CONFIG}), or a Hub id when online ({err})"
         ) from err
 
 
@@ -107,7 +111,7 @@ def copy_tokenizer_files(source_dir: str | os.PathLike, output_dir: str | os.Pat
     """Copy a saved tokenizer's files next to a model (each file written atomically)."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("tokenizer_config.json", "special_tokens_map.json", "vocab.json", "source.spm", "target.spm"):
+    for name in TOKENIZER_FILES:
         src = Path(source_dir) / name
         if src.exists():
             with atomic_path(output_dir / name) as tmp:

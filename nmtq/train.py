@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, TrainerCallback
 
+from . import files
 from .args import DataArguments, ModelArguments, NmtTrainingArguments
 from .checkpoints import resolve_checkpoint
 from .errors import NmtqError
@@ -91,7 +92,7 @@ def get_tokenizer(model_args: ModelArguments, data_args: DataArguments, train_se
     name = model_args.tokenizer_name_or_path or model_args.model_name_or_path
     if name:
         return load_tokenizer(name)
-    if resuming and (Path(output_dir) / "tokenizer_config.json").exists():
+    if resuming and (Path(output_dir) / files.TOKENIZER_CONFIG).exists():
         return load_tokenizer(output_dir)  # a resumed run must keep its vocabulary
     texts = (text for row in train_set for text in (row["source"], row["target"]))
     return train_tokenizer(texts, output_dir, model_args.vocab_size, data_args.source_lang, data_args.target_lang)
@@ -132,7 +133,7 @@ def check_ids_fit(model, dataset, name: str) -> None:
                              "codes); use the model's own tokenizer and codes")
 
 
-def start_run(training_args, model_inputs: list, data_files: list, last_file: str = "trainer_state.json"):
+def start_run(training_args, model_inputs: list, data_files: list, last_file: str = files.TRAINER_STATE):
     """What every training command does first, before reading data or weights: its logger, the checkpoint it
     resumes (:func:`nmtq.checkpoints.resolve_checkpoint`) and the checks of its ``output_dir`` against the inputs
     (:func:`nmtq.outputs.check_output_dir`, which also sweeps killed runs' temporary files), and the seed of
@@ -207,7 +208,7 @@ def train_teacher(data_args: DataArguments, model_args: ModelArguments, training
         metrics = score_test_split(trainer.model, tokenizer, splits["test"], data_args, training_args, log)
         metrics["train_target_tokens_per_second"] = round(throughput, 1)
         metrics["train_runtime_seconds"] = round(result.metrics["train_runtime"], 1)
-        write_json_atomic(Path(training_args.output_dir) / "test" / "metrics.json", metrics)
+        write_json_atomic(files.metrics_file(training_args.output_dir), metrics)
     training_args.distributed_state.wait_for_everyone()
     return metrics
 
@@ -225,6 +226,6 @@ def score_test_split(model, tokenizer, test_set, data_args: DataArguments, train
     metrics = evaluate_model(model, tokenizer, sources, references, num_beams=training_args.num_beams,
                              max_new_tokens=training_args.max_new_tokens,
                              batch_size=training_args.per_device_eval_batch_size,
-                             output_dir=Path(training_args.output_dir) / "test")
+                             output_dir=Path(training_args.output_dir) / files.TEST_DIR)
     log("test split:\n" + format_metrics(metrics))
     return metrics

@@ -31,7 +31,9 @@ from pathlib import Path
 
 import torch
 
+from . import files
 from .errors import NmtqError
+from .tokenizer import VOCAB
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +42,6 @@ TOKEN_ID_FIELDS = ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_star
 """Config and generation-config fields that hold token ids (an int or a list of ints)."""
 TOKEN_LIST_FIELDS = ("suppress_tokens", "begin_suppress_tokens")
 VOCAB_SIZE_FIELDS = ("vocab_size", "decoder_vocab_size")
-TRIM_FILE = "trimmed_vocabulary.json"
-"""Saved beside a trimmed student: the teacher's ids it keeps, so it can be distilled again from that teacher."""
 
 
 @dataclass(frozen=True)
@@ -243,10 +243,10 @@ def trim_tokenizer(tokenizer, trim: VocabularyTrim):
         directory = Path(tmp)
         tokenizer.save_pretrained(directory)
         _rewrite_json(directory / "tokenizer.json", lambda data: _trim_tokenizer_json(data, trim))
-        _rewrite_json(directory / "vocab.json", lambda vocab: _trim_mapping(vocab, trim))
-        _trim_merges_txt(directory / "merges.txt", directory / "vocab.json")
+        _rewrite_json(directory / VOCAB, lambda vocab: _trim_mapping(vocab, trim))
+        _trim_merges_txt(directory / "merges.txt", directory / VOCAB)
         _rewrite_json(directory / "added_tokens.json", lambda vocab: _trim_mapping(vocab, trim))
-        _rewrite_json(directory / "tokenizer_config.json", lambda config: _trim_config(config, trim))
+        _rewrite_json(directory / files.TOKENIZER_CONFIG, lambda config: _trim_config(config, trim))
         trimmed = AutoTokenizer.from_pretrained(directory)
         for name in ("src_lang", "tgt_lang"):  # set after loading, as nmtq.conventions sets them
             if getattr(tokenizer, name, None) is not None and hasattr(trimmed, name):

@@ -34,7 +34,8 @@ from pathlib import Path
 
 from nmtq.distill import fp32_size
 from nmtq.env import describe_environment, environment
-from nmtq.export import CODES_FILE, WEIGHTS_FILE, export_model, load_codes
+from nmtq.export import export_model, load_codes
+from nmtq.files import CODES, QUANTIZATION, WEIGHTS, metrics_file
 from nmtq.io import write_json_atomic, write_text_atomic
 from nmtq.models import load_model
 from nmtq.quant import size_report
@@ -45,15 +46,15 @@ TARGET_DIFF = 0.02  # the issue's target: the file within 2% of the accounting
 
 def check_runs(teacher: Path, runs: list[Path]) -> None:
     """Refuse, before anything is exported, a teacher without weights or a run without exact codes."""
-    if not (teacher / WEIGHTS_FILE).is_file():
-        raise ValueError(f"{teacher} has no {WEIGHTS_FILE}: pass the fp32 teacher's directory with --teacher")
+    if not (teacher / WEIGHTS).is_file():
+        raise ValueError(f"{teacher} has no {WEIGHTS}: pass the fp32 teacher's directory with --teacher")
     for run in runs:
         if not run.is_dir():
             raise ValueError(f"{run} is not a directory: pass output_dirs of `nmtq distill`")
-        if not (run / CODES_FILE).is_file():
-            why = ("it predates the exact codes that `nmtq distill` now saves" if (run / "quantization.json").is_file()
+        if not (run / CODES).is_file():
+            why = ("it predates the exact codes that `nmtq distill` now saves" if (run / QUANTIZATION).is_file()
                    else "it is not a quantized student (a full-precision fp or kd run, or not a distill output_dir)")
-            raise ValueError(f"{run} has no {CODES_FILE} ({why}): re-run `nmtq distill` with a quantized method "
+            raise ValueError(f"{run} has no {CODES} ({why}): re-run `nmtq distill` with a quantized method "
                              "(--method qd, dq or ptq) to write the codes, then benchmark its output_dir")
 
 
@@ -68,7 +69,7 @@ def export_names(runs: list[Path]) -> list[str]:
 
 
 def read_metrics(model_dir: Path) -> dict:
-    path = model_dir / "test" / "metrics.json"
+    path = metrics_file(model_dir)
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
@@ -123,18 +124,18 @@ def file_row(accounted: int, file: Path) -> dict:
 
 
 def measure_student(run: Path, name: str, out: Path, teacher_bytes: int) -> dict:
-    metrics, codes = read_metrics(run), load_codes(run / CODES_FILE)
+    metrics, codes = read_metrics(run), load_codes(run / CODES)
     report = size_report(codes, {})  # per-tensor entropy, scales, points, masks; the totals come from the exports
     label, mean_bits = bits_label(codes)
     row = {"name": name, "run": str(run), "method": metrics.get("method"), "bits": label, "mean_bits": mean_bits,
            "bleu": metrics.get("bleu")}
     for storage in ("packed", "huffman"):
         export = export_model(run, out / f"{name}-{storage}", huffman=storage == "huffman")
-        weights = export.out_dir / WEIGHTS_FILE
+        weights = export.out_dir / WEIGHTS
         row[storage] = {"dir": str(export.out_dir), **file_row(export.size.accounted_bytes, weights),
                         "folder_bytes": folder_bytes(export.out_dir)}
         row[storage]["vs_fp32_teacher"] = teacher_bytes / row[storage]["file_bytes"]
-    row["huffman"]["entropy"] = huffman_check(out / f"{name}-huffman" / WEIGHTS_FILE, codes, report)
+    row["huffman"]["entropy"] = huffman_check(out / f"{name}-huffman" / WEIGHTS, codes, report)
     return row
 
 
@@ -142,7 +143,7 @@ def measure_teacher(teacher: Path) -> dict:
     metrics = read_metrics(teacher)
     row = {"name": "teacher (fp32)", "run": str(teacher), "method": "fp32", "bits": "32", "mean_bits": 32.0,
            "bleu": metrics.get("bleu")}
-    row["packed"] = file_row(fp32_size(load_model(teacher)).total_bytes, teacher / WEIGHTS_FILE)
+    row["packed"] = file_row(fp32_size(load_model(teacher)).total_bytes, teacher / WEIGHTS)
     row["packed"]["vs_fp32_teacher"] = 1.0
     return row
 
@@ -154,10 +155,10 @@ def markdown(teacher: dict, students: list[dict], out: Path, measured_on: str) -
     def diff(d: dict) -> str:
         return f"{d['diff']:+.2%}"
 
-    lines = [f"Sizes on disk of the distilled students (exports in `{out}`); bytes; diff = model.safetensors against "
+    lines = [f"Sizes on disk of the distilled students (exports in `{out}`); bytes; diff = {WEIGHTS} against "
              f"the accounting (target: within {TARGET_DIFF:.0%}).", "",
-             "| model | method | bits | BLEU | accounted | model.safetensors | diff | Huffman accounted | Huffman "
-             "model.safetensors | diff | Huffman b/w (entropy) | within entropy + 1 b/w | export folder (packed / "
+             f"| model | method | bits | BLEU | accounted | {WEIGHTS} | diff | Huffman accounted | Huffman "
+             f"{WEIGHTS} | diff | Huffman b/w (entropy) | within entropy + 1 b/w | export folder (packed / "
              "Huffman) | vs fp32 teacher (packed / Huffman) |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
     def bleu(row: dict) -> str:

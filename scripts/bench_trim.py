@@ -34,6 +34,7 @@ from pathlib import Path
 
 from nmtq.data import bible_translations, load_pairs
 from nmtq.env import describe_environment, environment
+from nmtq.files import METRICS, WEIGHTS
 from nmtq.io import write_json_atomic, write_text_atomic
 
 
@@ -92,7 +93,7 @@ def measure(vocab_size: int, d_model: int, work: Path, translations: list[str]) 
         "corpus": f"{len(texts):,} verses of {len(translations)} Bible translations, training books only",
         "d_model": d_model, "teacher_tokens": trim.old_size, "kept_tokens": trim.size, "data_tokens": data_tokens,
         "train_pairs": len(train["source"]), "test_verses": len(test["source"]),
-        "safetensors_bytes": {name: (work / name / "model.safetensors").stat().st_size
+        "safetensors_bytes": {name: (work / name / WEIGHTS).stat().st_size
                               for name in ("teacher", "trimmed")},
         "fp32_bytes_saved": before - fp32_size(model).fp32_bits // 8,
         "held_out": held_out, "trim_seconds": round(seconds, 2),
@@ -108,9 +109,9 @@ def markdown(result: dict, machine: str) -> str:
         "| | value |", "|---|---|",
         f"| tokens kept | {result['kept_tokens']:,} of {result['teacher_tokens']:,} "
         f"({result['kept_tokens'] / result['teacher_tokens']:.1%}); {result['data_tokens']:,} occur in the data |",
-        f"| model.safetensors | {files['teacher']:,} -> {files['trimmed']:,} bytes "
+        f"| {WEIGHTS} | {files['teacher']:,} -> {files['trimmed']:,} bytes "
         f"({files['teacher'] / files['trimmed']:.2f}x smaller) |",
-        f"| fp32 bytes saved (metrics.json) | {result['fp32_bytes_saved']:,} |",
+        f"| fp32 bytes saved ({METRICS}) | {result['fp32_bytes_saved']:,} |",
     ]
     for side, held in result["held_out"].items():
         lines.append(f"| Mark ({result['test_verses']} verses), {side}: `<unk>` share | {held['unk_share']:.3%}; "

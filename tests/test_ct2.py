@@ -17,7 +17,6 @@ import torch  # noqa: E402
 
 from nmtq.cli import main  # noqa: E402
 from nmtq.ct2 import (  # noqa: E402
-    INFO_FILE,
     Ct2Translator,
     convert_to_ctranslate2,
     evaluate_ctranslate2,
@@ -25,6 +24,7 @@ from nmtq.ct2 import (  # noqa: E402
     student_int8_bits,
 )
 from nmtq.evaluation import evaluate_model, perplexity, translate  # noqa: E402
+from nmtq.files import CT2_INFO  # noqa: E402
 from nmtq.models import load_model  # noqa: E402
 from nmtq.tokenizer import load_tokenizer  # noqa: E402
 
@@ -111,9 +111,9 @@ def test_pad_need_not_be_last(marian, tmp_path):
 
 def test_int8_folder_is_complete_and_evaluates_like_evaluate_model(marian, tmp_path):
     out = convert_to_ctranslate2(marian, tmp_path / "ct2")  # int8
-    assert {"model.bin", "config.json", "shared_vocabulary.json", INFO_FILE, "source.spm", "target.spm",
+    assert {"model.bin", "config.json", "shared_vocabulary.json", CT2_INFO, "source.spm", "target.spm",
             "vocab.json", "tokenizer_config.json"} <= {p.name for p in out.iterdir()}
-    assert json.loads((out / INFO_FILE).read_text())["quantization"] == "int8"
+    assert json.loads((out / CT2_INFO).read_text())["quantization"] == "int8"
     float32 = convert_to_ctranslate2(marian, tmp_path / "ct2-float32", "float32")
     assert (out / "model.bin").stat().st_size < 0.7 * (float32 / "model.bin").stat().st_size  # int8 weights
     shutil.copytree(out, tmp_path / "moved")  # self-contained: nothing points back at the model folder
@@ -284,7 +284,7 @@ def test_int8_holds_the_students_own_codes(absmax4, marian, tmp_path):
 
     assert student_int8_bits(absmax4) == 4 and student_int8_bits(marian) is None
     out = convert_to_ctranslate2(absmax4, tmp_path / "ct2")
-    assert json.loads((out / INFO_FILE).read_text())["int8_bits"] == 4
+    assert json.loads((out / CT2_INFO).read_text())["int8_bits"] == 4
     variables = read_model_bin(out / "model.bin")
     codes = {name: v for name, v in variables.items() if v.dtype == np.int8 and v.ndim == 2}  # not flags
     # the tied embeddings, and the Linear layers of one encoder layer (q, k, v fused: 4) and one decoder layer (7)

@@ -12,10 +12,10 @@ from families import T5_PREFIX, cached_family, pairs_file
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from nmtq.cli import main
+from nmtq.files import TRIMMED_VOCABULARY
 from nmtq.models import decoder_inputs_from_labels
 from nmtq.student import make_student
 from nmtq.vocab import (
-    TRIM_FILE,
     TrimmedTeacher,
     VocabularyTrim,
     _bpe_requirements,
@@ -174,7 +174,7 @@ def test_a_trimmed_student_distils_evaluates_exports_and_converts(name, family, 
     tokenizer, student = load_tokenizer(out), load_model(out).eval()
     made_up = getattr(tokenizer, "num_madeup_words", 0)  # M2M100's 8 rows after its language codes
     assert len(tokenizer) + made_up == student.config.vocab_size == vocabulary["kept_tokens"] == \
-        len(json.loads((out / TRIM_FILE).read_text())["kept"])
+        len(json.loads((out / TRIMMED_VOCABULARY).read_text())["kept"])
     if spec.forced_bos_token_id is not None:  # the target code, in the student's ids
         teacher_tokenizer = load_tokenizer(spec.directory)
         assert tokenizer.convert_ids_to_tokens(student.generation_config.forced_bos_token_id) == \

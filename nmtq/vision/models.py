@@ -31,6 +31,7 @@ from transformers import AutoConfig, AutoModelForImageClassification, PreTrained
 from transformers import initialization as init
 from transformers.modeling_outputs import ImageClassifierOutput
 
+from .. import files
 from ..errors import NmtqError
 
 __all__ = ["CifarResNetConfig", "CifarResNetForImageClassification", "build_model"]
@@ -265,11 +266,12 @@ def build_model(architecture: str = "resnet", depth: int = 20, widen_factor: int
 
 def read_classifier_config(path: str | Path, what: str = "model") -> CifarResNetConfig:
     """The config of a classifier directory, with a one-line error when it is not one (no weights are read)."""
-    if not (Path(path) / "config.json").is_file():
-        raise NmtqError(f"{what} {str(path)!r} is not a model directory (no config.json): pass a directory written "
-                         "by nmtq distill-images")
+    config_file = Path(path) / files.CONFIG
+    if not config_file.is_file():
+        raise NmtqError(f"{what} {str(path)!r} is not a model directory (no {files.CONFIG}): pass a directory "
+                         "written by nmtq distill-images")
     try:
-        model_type = json.loads((Path(path) / "config.json").read_text(encoding="utf-8")).get("model_type")
+        model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
     except (OSError, ValueError):
         model_type = None
     if model_type != CifarResNetConfig.model_type:
@@ -288,7 +290,7 @@ def load_classifier(path: str | Path, what: str = "model") -> CifarResNetForImag
     try:
         model = AutoModelForImageClassification.from_pretrained(path, use_safetensors=True)
     except (OSError, ValueError, SafetensorError) as err:  # a truncated or corrupt model.safetensors included
-        raise NmtqError(f"could not load the {what} from {str(path)!r}: it needs a complete model.safetensors, as "
+        raise NmtqError(f"could not load the {what} from {str(path)!r}: it needs a complete {files.WEIGHTS}, as "
                         f"nmtq distill-images writes ({' '.join(str(err).split())})") from err
     check_finite(model, f"{what} {str(path)!r}")
     return model

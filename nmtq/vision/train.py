@@ -22,10 +22,11 @@ from pathlib import Path
 import torch
 from transformers import Trainer
 
+from .. import files
 from ..args import CpuFriendlyTrainingArguments
 from ..env import environment
 from ..errors import NmtqError
-from ..export import CODES_FILE, save_codes
+from ..export import save_codes
 from ..io import write_json_atomic
 from ..losses import distillation_loss
 from ..methods import (
@@ -230,14 +231,14 @@ def _finish(student, quantizer, teacher, data: ImageData, method_args: ImageDist
         output_dir = Path(training_args.output_dir)
         student.save_pretrained(output_dir)
         if finished.quantization is not None:
-            write_json_atomic(output_dir / "quantization.json", finished.quantization)
-            save_codes(finished.codes, output_dir / CODES_FILE)  # the exact integer codes behind the saved weights
+            write_json_atomic(output_dir / files.QUANTIZATION, finished.quantization)
+            save_codes(finished.codes, output_dir / files.CODES)  # the exact integer codes behind the saved weights
         config = student.config
         metrics = {**evaluate_split(student, data.test), "data": data.spec, "method": method_args.method,
                    "teacher": method_args.teacher, **finished.metrics(teacher_size),
                    "architecture": config.architecture, "depth": config.depth, "widen_factor": config.widen_factor,
                    "parameters": sum(p.numel() for p in student.parameters()), "environment": environment()}
-        write_json_atomic(output_dir / "test" / "metrics.json", metrics)
+        write_json_atomic(files.metrics_file(output_dir), metrics)
         log(f"test accuracy {metrics['accuracy']:.2f}% on {metrics['examples']:,} images; "
             + finished.summary(teacher_size))
     training_args.distributed_state.wait_for_everyone()
