@@ -171,10 +171,10 @@ def model_card(facts: CardFacts) -> str:
         "## Use", "",
         *_use(facts), "",
         f"`{files.WEIGHTS}` holds the integer codes bit-packed (or Huffman-coded), the per-bucket ranges, learned "
-        f"points and pruning masks, and every other tensor at its own dtype; `{files.EXPORT_CONFIG}` says how "
-        "they decode. `from_pretrained` after `import nmtq` (or `nmtq.export.load_exported`) decodes them into "
-        "exactly the weights the student was scored with; without nmtq, transformers refuses the folder rather than "
-        "load it with random weights.",
+        "points and pruning masks, and every other tensor at its own dtype; the `quantization_config` of "
+        f"`{files.CONFIG}` says how they are stored. `from_pretrained` after `import nmtq` (or "
+        "`nmtq.export.load_exported`) decodes them into exactly the weights the student was scored with; without "
+        "nmtq, transformers refuses the folder rather than load it with random weights.",
         *(f"\n{note}" for note in facts.notes), "",
     ]
     return f"---\n{_metadata(facts)}\n---\n\n" + "\n".join(body)

@@ -139,10 +139,10 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 def _add_export(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "export", help=f"Write a quantized student as a Hub-ready folder: packed codes in one {files.WEIGHTS}, "
-                       f"{files.EXPORT_CONFIG}, tokenizer and model card.",
-        description="Load it back with nmtq.export.load_exported(OUT_DIR); the file's bytes are printed beside the "
-                    "size accounting. Nothing is written unless every input checks out; an earlier export in "
-                    "OUT_DIR is replaced.",
+                       f"{files.CONFIG} with their quantization_config, tokenizer and model card.",
+        description="Load it back with `import nmtq` and from_pretrained(OUT_DIR); the file's bytes are printed "
+                    "beside the size accounting. Nothing is written unless every input checks out; an earlier "
+                    "export in OUT_DIR is replaced.",
     )
     parser.add_argument("model_dir", help="The output_dir of `nmtq distill` with a quantized method (qd, dq, ptq).")
     parser.add_argument("out_dir", help="The folder to write (built beside it, then renamed into place).")

@@ -76,11 +76,11 @@ def _model_type(model_dir: Path) -> str:
 
 def _load(model_dir: Path):
     """``(model, tokenizer)`` from a saved model folder or an ``nmtq export`` folder, vocabulary checked."""
-    from .export import load_exported
+    from .export import export_config, load_exported
     from .models import load_model
     from .tokenizer import load_tokenizer
 
-    if (model_dir / files.EXPORT_CONFIG).is_file():
+    if export_config(model_dir) is not None:
         model, tokenizer = load_exported(model_dir)
     else:
         model, tokenizer = load_model(model_dir).eval(), load_tokenizer(model_dir)
@@ -129,20 +129,23 @@ def student_int8_bits(model_dir: str | os.PathLike) -> int | None:
 
     That is a student quantized with absmax per output row (``--bucket_size row --scaling absmax``), uniform
     levels (no learned points) and at most 8 bits, read from its ``quantization.json`` (``nmtq distill``) or
-    ``quantization_config.json`` (``nmtq export``); with bits that differ between layers, the largest.
+    config.json's ``quantization_config`` (``nmtq export``); with bits that differ between layers, the largest.
     """
-    from .export import _read_json
+    from .export import _read_json, export_config
 
     model_dir = Path(model_dir)
-    for name, section in ((files.EXPORT_CONFIG, None), (files.QUANTIZATION, "config")):
-        if (model_dir / name).is_file():
-            data = _read_json(model_dir / name, "write the folder again with the nmtq command that made it")
-            config = (data.get(section) or {}) if section else data
-            bits = list((data.get("bits") or {}).values())
-            if (config.get("bucket_size") == "row" and config.get("scaling") == "absmax" and bits
-                    and not (config.get("learn_points") or data.get("learn_points")) and max(bits) <= 8):
-                return int(max(bits))
-            return None
+    data, config = export_config(model_dir), None
+    if data is not None:
+        config = data
+    elif (model_dir / files.QUANTIZATION).is_file():
+        data = _read_json(model_dir / files.QUANTIZATION, "write the folder again with the nmtq command that made it")
+        config = data.get("config") or {}
+    if config is None:
+        return None
+    bits = list((data.get("bits") or {}).values())
+    if (config.get("bucket_size") == "row" and config.get("scaling") == "absmax" and bits
+            and not (config.get("learn_points") or data.get("learn_points")) and max(bits) <= 8):
+        return int(max(bits))
     return None
 
 

@@ -29,9 +29,9 @@ from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer
 from . import files
 from .args import DataArguments, NmtTrainingArguments
 from .card import teacher_card
+from .codes import save_codes
 from .conventions import apply_conventions, resolve_conventions
 from .errors import NmtqError
-from .export import save_codes
 from .io import write_json_atomic
 from .losses import TopK, distillation_loss
 from .methods import (

@@ -22,10 +22,11 @@ and one run directory per student and method (``<student>/kd``, ``<student>/qd4`
 directories of ``nmtq distill`` (in the table directory, for a table), ``teacher-cache/`` holds one folder per
 teacher, data and settings, each with meta.json and its shards (named by :mod:`nmtq.teacher_cache`).
 
-An export directory (``nmtq export``) holds config.json, generation_config.json, model.safetensors (the codes in
-the format of :mod:`nmtq.codes`), quantization_config.json, README.md, the tokenizer files and, with
-``--dequantize``, ``dequantized/``. A CTranslate2 folder (``nmtq export --ctranslate2``) holds CTranslate2's
-model.bin and config.json, the tokenizer files and nmtq_ct2.json (what decoding needs besides the model).
+An export directory (``nmtq export``, or ``save_pretrained`` of a model loaded from one) holds config.json, whose
+``quantization_config`` says how the codes are stored, generation_config.json, model.safetensors (the codes in the
+format of :mod:`nmtq.codes`), README.md, the tokenizer files and, with ``--dequantize``, ``dequantized/``. A
+CTranslate2 folder (``nmtq export --ctranslate2``) holds CTranslate2's model.bin and config.json, the tokenizer
+files and nmtq_ct2.json (what decoding needs besides the model).
 
 Example:
     >>> checkpoint_dir("runs/student", 40).as_posix()
@@ -63,7 +64,7 @@ TABLE_JSON = "table.json"
 TABLE_MD = "table.md"
 PLOT_SUFFIX = "-vs-bytes.png"
 
-EXPORT_CONFIG = "quantization_config.json"
+EXPORT_CONFIG = "quantization_config.json"  # only read: the first exports kept it beside config.json
 MODEL_CARD = "README.md"
 DEQUANTIZED_DIR = "dequantized"
 CT2_INFO = "nmtq_ct2.json"

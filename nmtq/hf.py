@@ -1,4 +1,5 @@
-"""``from_pretrained`` on an nmtq export: the quantization method ``nmtq``, registered with transformers.
+"""``from_pretrained`` and ``save_pretrained`` of an nmtq export: the quantization method ``nmtq``, registered
+with transformers.
 
 ``import nmtq`` registers :class:`NmtqConfig` and :class:`NmtqHfQuantizer` through transformers' public API
 (``register_quantization_config``, ``register_quantizer``), and nmtq's own model types (the LSTM student, the
@@ -6,17 +7,22 @@ CIFAR ResNets). Then ``AutoModelForSeq2SeqLM.from_pretrained(folder_or_hub_id)``
 ``AutoModelForImageClassification``) loads a folder written by ``nmtq export``, whose ``config.json`` says
 ``quant_method: nmtq``, into the student with exactly the weights :func:`nmtq.export.load_exported` gives:
 
-* before the weights load, the quantizer reads the packed codes of the checkpoint file and tells transformers
-  that the quantized weights are not missing (it sets them) and that their packed parts are not unexpected;
-* after, it sets each quantized weight to its decoded codes (:meth:`QuantizedTensor.dequantize`).
+* before the weights load, the quantizer reads the codes of the checkpoint file (:func:`nmtq.codes.read_codes`)
+  and tells transformers that the quantized weights are not missing (it sets them) and that their stored parts
+  are not unexpected;
+* after, each quantized weight stays packed in memory (:mod:`nmtq.quant.packed`), decoded when its layer reads it;
+  LSTM weights, which the LSTM keeps in flat buffers, are decoded once.
 
-The weights are decoded once, at load: the model in memory is the fp32 student. Without nmtq, transformers
-refuses the folder (see :func:`nmtq.export._loud_without_nmtq`).
+``save_pretrained`` (and ``push_to_hub``, which calls it) writes the codes the model holds in the file's own storage
+through the same writer as ``nmtq export`` (:func:`nmtq.codes.codes_tensors`): a model loaded from an export saves
+a ``model.safetensors`` identical to it, byte for byte. Without nmtq, transformers refuses the folder (see
+:mod:`nmtq.codes`).
 
 Example:
     >>> import nmtq  # doctest: +SKIP
     >>> from transformers import AutoModelForSeq2SeqLM
     >>> model = AutoModelForSeq2SeqLM.from_pretrained("exports/bible-de-en-qd4")  # doctest: +SKIP
+    >>> model.push_to_hub("user/bible-de-en-qd4")  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -36,17 +42,20 @@ QUANT_METHOD = "nmtq"
 
 @register_quantization_config(QUANT_METHOD)
 class NmtqConfig(QuantizationConfigMixin):
-    """The ``quantization_config`` of an exported nmtq student: how its codes are stored (the decoding details of
-    each tensor are in the safetensors file's header)."""
+    """The ``quantization_config`` of an exported nmtq student, as ``nmtq export`` writes it: the format and
+    storage of its codes, the bits of each quantized weight, the quantizer's settings and the size accounting (the
+    decoding details of each tensor are in the file's header). Every field is kept as it was read, so a saved
+    config.json says what the loaded one said."""
 
-    def __init__(self, format: str | None = None, storage: str = "packed", load_with: str | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(self, format: str | None = None, storage: str = "packed", **kwargs: Any) -> None:
         self.quant_method = QUANT_METHOD
-        self.format, self.storage, self.load_with = format, storage, load_with
+        self.format, self.storage = format, storage
+        for key, value in kwargs.items():
+            if key != "quant_method":
+                setattr(self, key, value)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"quant_method": self.quant_method, "format": self.format, "storage": self.storage,
-                "load_with": self.load_with}
+        return {key: value for key, value in vars(self).items() if not key.startswith("_")}
 
 
 @register_quantizer(QUANT_METHOD)
@@ -57,7 +66,10 @@ class NmtqHfQuantizer(HfQuantizer):
 
     def __init__(self, quantization_config: NmtqConfig, **kwargs: Any) -> None:
         super().__init__(quantization_config, **kwargs)
-        self.quantized: dict = {}
+        self.quantized: dict = {}  # while loading: name -> QuantizedTensor
+        self.packed: dict = {}  # once loaded: name -> PackedTensor, what save_pretrained writes
+        self.plain_names: list[str] = []  # the other tensors of the file
+        self.storage = "packed"
 
     def validate_environment(self, *args, **kwargs) -> None:
         if not self.pre_quantized:
@@ -65,13 +77,14 @@ class NmtqHfQuantizer(HfQuantizer):
                              "distil it with `nmtq distill`")
 
     def _process_model_before_weight_loading(self, model, checkpoint_files=None, **kwargs) -> None:
-        from .export import NOTICE_KEY, QUANTIZED_PARTS, read_packed
+        from .codes import HEADER_KEY, PARTS, read_codes
 
         files = [f for f in checkpoint_files or [] if str(f).endswith(".safetensors")]
         if len(files) != 1:
             raise ValueError(f"an nmtq export has one model.safetensors; found {files or 'none'}")
         with torch.device("cpu"):  # transformers builds the model under a meta-device context; decoding is real
-            self.quantized, _ = read_packed(files[0])
+            stored = read_codes(files[0])
+        self.quantized, self.plain_names, self.storage = stored.quantized, list(stored.plain), stored.storage
         parameters = dict(model.named_parameters(remove_duplicate=False))
         for name, q in self.quantized.items():
             if name not in parameters or tuple(parameters[name].shape) != tuple(q.shape):
@@ -85,7 +98,7 @@ class NmtqHfQuantizer(HfQuantizer):
         model._keys_to_ignore_on_load_missing = set(model._keys_to_ignore_on_load_missing or ()) | {
             rf"^{name}$" for name in escaped}
         model._keys_to_ignore_on_load_unexpected = set(model._keys_to_ignore_on_load_unexpected or ()) | {
-            rf"^{name}\.({'|'.join(QUANTIZED_PARTS)})$" for name in escaped} | {rf"^{re.escape(NOTICE_KEY)}$"}
+            rf"^{name}\.({'|'.join(PARTS)})$" for name in escaped} | {rf"^{re.escape(HEADER_KEY)}$"}
 
     def _process_model_after_weight_loading(self, model, **kwargs):
         from .quant.packed import PackedTensor, pack_module_weight
@@ -95,22 +108,46 @@ class NmtqHfQuantizer(HfQuantizer):
             placeholder = model.get_submodule(module)._parameters[attr]
             holders = [(m, a) for m in model.modules() for a, p in list(m._parameters.items()) if p is placeholder]
             device = placeholder.device
+            packed = PackedTensor(q).to(device)  # tied weights share it
+            self.packed[name] = packed
             if not any(isinstance(m, torch.nn.RNNBase) for m, _ in holders):
-                packed = PackedTensor(q).to(device)  # tied weights share it
                 for holder, holder_attr in holders:
                     pack_module_weight(holder, holder_attr, packed)
-            else:  # decoded once (or an LSTM, which caches its weights in flat buffers)
+            else:  # an LSTM caches its weights in flat buffers: decoded once, its codes kept for save_pretrained
                 decoded = torch.nn.Parameter(q.dequantize().to(device), requires_grad=False)
                 for holder, holder_attr in holders:
                     holder._parameters[holder_attr] = decoded
-                if any(isinstance(m, torch.nn.RNNBase) for m, _ in holders):
-                    for holder, _ in holders:
+                for holder, _ in holders:
+                    if isinstance(holder, torch.nn.RNNBase):
                         holder._init_flat_weights()
         self.quantized = {}
         return model
 
     def is_serializable(self) -> bool:
-        return False
+        return True
+
+    def get_state_dict_and_metadata(self, model):
+        """The tensors of the file ``save_pretrained`` writes: the codes the model holds, in the storage they were
+        read in, and the other tensors, through the writer of ``nmtq export``. A quantized weight that no longer
+        decodes from its codes (changed after :func:`decode_weights`) is refused, never written as stale codes."""
+        from .codes import codes_tensors
+        from .errors import NmtqError
+
+        state = model.state_dict()
+        for name, packed in self.packed.items():
+            module, _, attr = name.rpartition(".")
+            owner = model.get_submodule(module)
+            if owner._modules.get(f"{attr}_packed") is packed:
+                continue  # still read from its codes
+            if not torch.equal(getattr(owner, attr).detach().cpu(), packed().cpu()):
+                raise NmtqError(f"{name} was changed after loading, so its codes no longer hold it: nmtq saves only "
+                                "the codes it loaded; to quantize new weights, distil them with `nmtq distill`")
+        missing = [n for n in self.plain_names if n not in state]
+        if missing:
+            raise NmtqError(f"the model no longer has the tensors {missing[:3]} it was loaded with: save it before "
+                            "changing its architecture")
+        quantized = {name: packed.quantized() for name, packed in self.packed.items()}
+        return codes_tensors(quantized, {n: state[n] for n in self.plain_names}, self.storage), {}
 
     @property
     def is_trainable(self) -> bool:

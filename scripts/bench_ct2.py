@@ -43,8 +43,7 @@ from nmtq.ct2 import Ct2Translator, convert_to_ctranslate2, student_int8_bits
 from nmtq.data import load_corpus
 from nmtq.env import describe_environment, environment
 from nmtq.evaluation import corpus_scores, keep_short_pairs, translate
-from nmtq.export import load_exported
-from nmtq.files import EXPORT_CONFIG
+from nmtq.export import export_config, load_exported
 from nmtq.io import write_json_atomic, write_text_atomic
 from nmtq.models import load_model
 from nmtq.tokenizer import load_tokenizer
@@ -93,7 +92,7 @@ def measure(decoders: dict[str, tuple[Callable[[list[str]], list[str]], Any]], s
 
 def load_any(model_dir: str | Path):
     """``(model, tokenizer)`` of a model folder or of an ``nmtq export`` folder."""
-    if (Path(model_dir) / EXPORT_CONFIG).is_file():
+    if export_config(model_dir) is not None:
         return load_exported(model_dir)
     return load_model(model_dir).eval(), load_tokenizer(model_dir)
 

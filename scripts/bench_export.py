@@ -32,9 +32,10 @@ import math
 import os
 from pathlib import Path
 
+from nmtq.codes import HEADER_KEY, read_codes
 from nmtq.distill import fp32_size
 from nmtq.env import describe_environment, environment
-from nmtq.export import export_model, load_codes
+from nmtq.export import export_model
 from nmtq.files import CODES, QUANTIZATION, WEIGHTS, metrics_file
 from nmtq.io import write_json_atomic, write_text_atomic
 from nmtq.models import load_model
@@ -88,7 +89,7 @@ def huffman_check(weights_file: Path, codes: dict, report) -> dict:
 
     payload = stream_bytes = table_bytes = coded = 0
     with safe_open(str(weights_file), framework="pt") as f:
-        header = json.loads(f.metadata()["quantized"])
+        header = json.loads(bytes(f.get_tensor(HEADER_KEY).tolist()))["tensors"]  # the decoding header
         for name, info in header.items():
             q = codes[name]
             kept = q.codes if q.mask is None else q.codes[q.mask.reshape(-1)]
@@ -124,7 +125,7 @@ def file_row(accounted: int, file: Path) -> dict:
 
 
 def measure_student(run: Path, name: str, out: Path, teacher_bytes: int) -> dict:
-    metrics, codes = read_metrics(run), load_codes(run / CODES)
+    metrics, codes = read_metrics(run), read_codes(run / CODES).quantized
     report = size_report(codes, {})  # per-tensor entropy, scales, points, masks; the totals come from the exports
     label, mean_bits = bits_label(codes)
     row = {"name": name, "run": str(run), "method": metrics.get("method"), "bits": label, "mean_bits": mean_bits,

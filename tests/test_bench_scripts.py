@@ -12,8 +12,8 @@ import torch
 from conftest import ENGLISH, GERMAN
 
 from nmtq.cli import main as nmtq
+from nmtq.codes import read_codes
 from nmtq.evaluation import corpus_scores, translate
-from nmtq.export import load_codes
 from nmtq.methods import fp32_size
 from nmtq.models import load_model
 from nmtq.tokenizer import load_tokenizer
@@ -101,7 +101,7 @@ def test_export_sizes_match_the_files_and_the_entropy_bound(distilled, small_tea
             assert got["within_target"] == (abs(on_disk / accounted - 1) <= 0.02)
             if run.name == "wide":  # the target, where the header is small beside the weights
                 assert 0 < got["diff"] < 0.02
-        entropy, coded = entropy_of_codes(load_codes(run / "quantized.safetensors"))
+        entropy, coded = entropy_of_codes(read_codes(run / "quantized.safetensors").quantized)
         check = row["huffman"]["entropy"]
         assert check["entropy_bits"] == pytest.approx(entropy) and check["coded_weights"] == coded
         streams, n = stream_bytes(out / f"{run.name}-huffman" / "model.safetensors")

@@ -419,9 +419,9 @@ def test_a_saved_quantized_student_translates_exactly_as_before_saving(corpus, t
     assert translate(loaded, load_tokenizer(out), GERMAN, num_beams=2, max_new_tokens=8, progress=False) == before
     weight = loaded.model.encoder.layers[0].fc1.weight.detach().reshape(-1, 16)
     assert max(len(torch.unique(row)) for row in weight) <= 8  # 3-bit codes, decoded
-    from nmtq.export import load_codes
+    from nmtq.codes import read_codes
 
-    codes = load_codes(out / "quantized.safetensors")  # the exact codes behind the saved weights
+    codes = read_codes(out / "quantized.safetensors").quantized  # the exact codes behind the saved weights
     weights = dict(loaded.named_parameters())
     assert codes and all(torch.equal(q.dequantize(), weights[name]) for name, q in codes.items())
 

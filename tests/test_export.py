@@ -13,42 +13,9 @@ from conftest import ENGLISH, GERMAN
 from test_distill import distill_argv
 
 from nmtq.cli import main
-from nmtq.export import NOTICE_KEY, export_size, load_codes, load_exported, save_codes
+from nmtq.codes import HEADER_KEY
+from nmtq.export import export_config, export_size, load_exported
 from nmtq.models import load_model
-from nmtq.quant import Quantizer, encode_tensor
-
-
-def test_codes_round_trip_exactly_with_points_and_masks(tmp_path):
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(16, 24), torch.nn.Linear(24, 4))
-    quantizer = Quantizer(model, bits=3, bucket_size=32, learn_points=True)
-    quantizer.prune(0.5)
-    state = quantizer.quantize()
-    save_codes(state, tmp_path / "q.safetensors")
-    loaded = load_codes(tmp_path / "q.safetensors")
-    assert set(loaded) == set(state)
-    for name, q in state.items():
-        assert torch.equal(loaded[name].dequantize(), q.dequantize())
-        assert torch.equal(loaded[name].mask, q.mask) and torch.equal(loaded[name].points, q.points)
-    absmax = {"w": encode_tensor(torch.randn(5, 7, dtype=torch.float16), 8, "row", "absmax")}
-    save_codes(absmax, tmp_path / "a.safetensors")
-    assert torch.equal(load_codes(tmp_path / "a.safetensors")["w"].dequantize(), absmax["w"].dequantize())
-
-
-def test_damaged_or_foreign_files_are_refused(tmp_path):
-    save_codes({"w": encode_tensor(torch.randn(64), 4, 16)}, tmp_path / "q.safetensors")
-    data = (tmp_path / "q.safetensors").read_bytes()
-    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
-    with pytest.raises(ValueError, match="truncated or corrupted"):
-        load_codes(tmp_path / "cut.safetensors")
-    from safetensors.torch import save_file
-
-    save_file({"w": torch.zeros(2)}, str(tmp_path / "plain.safetensors"))
-    with pytest.raises(ValueError, match="not an nmtq codes file"):
-        load_codes(tmp_path / "plain.safetensors")
-    with pytest.raises(ValueError, match="does not exist"):
-        load_codes(tmp_path / "missing.safetensors")
-
 
 # ---------------------------------------------------------------------------------------------- Hub-ready exports
 STUDENTS = {  # quantized distillation; learned points (dq); quantized distillation with half the weights pruned
@@ -76,10 +43,12 @@ def outputs(model, tokenizer):
 
 
 def stored(path):
+    """The tensors of an export's file and its decoding header (the JSON document of HEADER_KEY)."""
     from safetensors import safe_open
 
     with safe_open(str(path), "pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}, json.loads(f.metadata()["quantized"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    return tensors, json.loads(bytes(tensors[HEADER_KEY].tolist()))["tensors"]
 
 
 def test_an_export_loads_into_exactly_the_quantized_student(kind, distilled, tmp_path):
@@ -96,7 +65,7 @@ def test_an_export_loads_into_exactly_the_quantized_student(kind, distilled, tmp
     for ours, theirs in zip(outputs(model, tokenizer), outputs(student, load_tokenizer(student_dir))):
         assert torch.equal(ours, theirs)
     tensors, header = stored(out / "model.safetensors")
-    assert set(header) == set(json.loads((out / "quantization_config.json").read_text())["bits"])
+    assert set(header) == set(export_config(out)["bits"]) and not (out / "quantization_config.json").exists()
     for name, info in header.items():  # packed codes of the kept weights, ranges, points (dq), packed mask (pruned)
         numel, kept, bits = math.prod(info["shape"]), info["stored_codes"], info["bits"]
         assert tensors[f"{name}.codes"].dtype == torch.uint8
@@ -107,9 +76,9 @@ def test_an_export_loads_into_exactly_the_quantized_student(kind, distilled, tmp
             assert tensors[f"{name}.mask"].numel() == -(-numel // 8) and kept == pytest.approx(numel / 2, abs=1)
     # every tensor save_pretrained stores, at its own dtype, once: tied ones under one name
     # an empty placeholder under the largest quantized weight's name, so that plain transformers refuses the folder
-    placeholders = {k for k in tensors if k in header or k == NOTICE_KEY}
+    placeholders = {k for k in tensors if k in header or k == HEADER_KEY}
     largest = max(header, key=lambda name: math.prod(header[name]["shape"]))
-    assert placeholders == {largest, NOTICE_KEY} and all(tensors[k].numel() == 0 for k in placeholders)
+    assert placeholders == {largest, HEADER_KEY} and tensors[largest].numel() == 0
     plain = {k for k in tensors if k.rsplit(".", 1)[0] not in header and k not in placeholders}
     weights, groups = student.state_dict(keep_vars=True), {}
     for name, tensor in weights.items():
@@ -151,7 +120,7 @@ def test_plain_transformers_refuses_a_packed_export_instead_of_loading_garbage(k
               "except Exception as err:\n    print(type(err).__name__, 'nmtq' in sys.modules)\n    sys.exit(3)\n")
     result = subprocess.run([sys.executable, "-c", script, str(out)], capture_output=True, text=True, cwd=tmp_path)
     assert (result.returncode, result.stdout.split()) == (3, ["RuntimeError", "False"]), result.stderr[-2000:]
-    assert "Unknown quantization type, got nmtq" in result.stderr and NOTICE_KEY in result.stderr
+    assert "Unknown quantization type, got nmtq" in result.stderr and HEADER_KEY in result.stderr
     model, _ = load_exported(out)  # nmtq still loads it, without the quantization_config it does not need
     assert not hasattr(model.config, "quantization_config")
 
@@ -219,7 +188,7 @@ def test_file_size_is_within_two_percent_of_the_accounting(corpus, small_teacher
     for flag, accounted in (([], metrics["bytes"]), (["--huffman"], metrics["huffman_bytes"])):
         out = tmp_path / f"export{''.join(flag)}"
         assert main(["export", str(student), str(out), *flag]) == 0
-        size, quantized = export_size(out), json.loads((out / "quantization_config.json").read_text())["bits"]
+        size, quantized = export_size(out), export_config(out)["bits"]
         assert size.accounted_bytes == accounted and 0 < size.overhead < 0.02, str(size)
         # beyond the header, the file adds only each packed stream's rounding up to whole bytes
         assert 0 <= size.data_bytes - accounted <= 2 * len(quantized)
@@ -272,7 +241,9 @@ def rewrite(path, change):
 
     tensors, header = stored(path)
     change(tensors, header)
-    save_file(tensors, str(path), metadata={"format": "nmtq.export.v1", "quantized": json.dumps(header)})
+    document = {"format": "nmtq.codes.v2", "storage": "packed", "tensors": header}
+    tensors[HEADER_KEY] = torch.frombuffer(bytearray(json.dumps(document).encode()), dtype=torch.uint8)
+    save_file(tensors, str(path), metadata={"format": "pt"})
 
 
 def test_damaged_exports_raise_value_errors_that_say_what_to_fix(distilled, other_tokenizer, tmp_path):
@@ -291,9 +262,9 @@ def test_damaged_exports_raise_value_errors_that_say_what_to_fix(distilled, othe
 
     def fewer_bits(folder):  # codes packed at 3 bits declared as 2: the byte count no longer fits
         rewrite(folder / "model.safetensors", lambda t, h: h[name].update(bits=2))
-        config = json.loads((folder / "quantization_config.json").read_text())
-        config["bits"][name] = 2
-        (folder / "quantization_config.json").write_text(json.dumps(config))
+        config = json.loads((folder / "config.json").read_text())
+        config["quantization_config"]["bits"][name] = 2
+        (folder / "config.json").write_text(json.dumps(config))
 
     def out_of_range(folder):  # a packed 3-bit code of 7 under 2 points
         def edit(tensors, header):
@@ -304,8 +275,7 @@ def test_damaged_exports_raise_value_errors_that_say_what_to_fix(distilled, othe
     cases = [
         (broken("truncated", truncate), "truncated or corrupted"),
         (broken("garbage", lambda f: (f / "model.safetensors").write_bytes(b"\x10" * 64)), "truncated or corrupted"),
-        (broken("no-config", lambda f: (f / "quantization_config.json").unlink()),
-         "quantization_config.json is missing"),
+        (broken("no-config", lambda f: (f / "config.json").unlink()), "is not an nmtq export"),
         (broken("bits", fewer_bits), "cannot be decoded"),
         (broken("range", out_of_range), "out of range"),
         (copy_with(good, tmp_path / "tokenizer", tokenizer_from=other_tokenizer), "the tokenizer has .* the model"),
@@ -329,9 +299,32 @@ def test_from_pretrained_loads_an_export_as_load_exported_does(kind, distilled, 
     model = AutoModelForSeq2SeqLM.from_pretrained(out).eval()
     for ours, theirs in zip(outputs(model, tokenizer), outputs(expected, tokenizer)):
         assert torch.equal(ours, theirs)
-    with pytest.raises(ValueError, match="not serializable"):  # no silent fp32 save under quant_method nmtq
-        model.save_pretrained(tmp_path / "again")
-    assert not (tmp_path / "again" / "model.safetensors").exists()
+    # save_pretrained writes the codes it holds through export's writer: the same file, byte for byte
+    again = tmp_path / "again"
+    model.save_pretrained(again)
+    assert (again / "model.safetensors").read_bytes() == (out / "model.safetensors").read_bytes()
+    assert export_config(again) == export_config(out)
+    reloaded = AutoModelForSeq2SeqLM.from_pretrained(again).eval()
+    for ours, theirs in zip(outputs(reloaded, tokenizer), outputs(expected, tokenizer)):
+        assert torch.equal(ours, theirs)
+
+
+def test_save_pretrained_refuses_codes_that_no_longer_hold_the_weights(distilled, tmp_path):
+    from transformers import AutoModelForSeq2SeqLM
+
+    import nmtq  # noqa: F401
+    from nmtq.hf import decode_weights
+
+    out = tmp_path / "export"
+    assert main(["export", str(distilled("qd")), str(out)]) == 0
+    model = decode_weights(AutoModelForSeq2SeqLM.from_pretrained(out))
+    model.save_pretrained(tmp_path / "decoded")  # decoded but unchanged: still its codes
+    assert (tmp_path / "decoded" / "model.safetensors").read_bytes() == (out / "model.safetensors").read_bytes()
+    with torch.no_grad():
+        model.model.encoder.layers[0].fc1.weight.add_(0.1)  # fine-tuned in full precision: the codes are stale
+    with pytest.raises(ValueError, match="fc1.weight was changed after loading"):
+        model.save_pretrained(tmp_path / "changed")
+    assert not (tmp_path / "changed" / "model.safetensors").exists()
 
 
 def test_from_pretrained_keeps_the_codes_packed_in_memory(distilled, tmp_path):
@@ -345,8 +338,9 @@ def test_from_pretrained_keeps_the_codes_packed_in_memory(distilled, tmp_path):
     assert main(["export", str(distilled("qd")), str(out)]) == 0
     packed = AutoModelForSeq2SeqLM.from_pretrained(out).eval()
     decoded = decode_weights(AutoModelForSeq2SeqLM.from_pretrained(out).eval())
-    with safe_open(str(out / "model.safetensors"), framework="pt") as f:
-        stored, keys = sum(f.get_tensor(k).nbytes for k in f.keys()), set(f.keys())
+    with safe_open(str(out / "model.safetensors"), framework="pt") as f:  # its tensors, less the decoding header
+        keys = set(f.keys()) - {HEADER_KEY}
+        stored = sum(f.get_tensor(k).nbytes for k in keys)
     names = {type(m).__name__ for m in packed.modules()}
     assert {"PackedLinear", "PackedEmbedding"} & names and not {"PackedLinear"} & {type(m).__name__ for m in
                                                                                     decoded.modules()}

@@ -24,9 +24,9 @@ from transformers import Trainer
 
 from .. import files
 from ..args import CpuFriendlyTrainingArguments
+from ..codes import save_codes
 from ..env import environment
 from ..errors import NmtqError
-from ..export import save_codes
 from ..io import write_json_atomic
 from ..losses import distillation_loss
 from ..methods import (

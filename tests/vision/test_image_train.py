@@ -12,8 +12,8 @@ from transformers import AutoModelForImageClassification
 import nmtq.losses
 import nmtq.vision.train as vision_train
 from nmtq.cli import main
+from nmtq.codes import read_codes
 from nmtq.distill import DistillationTrainer
-from nmtq.export import load_codes
 from nmtq.methods import QuantizedTrainingMixin
 from nmtq.vision.data import load_image_data
 
@@ -66,7 +66,7 @@ def test_every_method_saves_weights_equal_to_its_decoded_codes(method, extra, te
     teacher_bytes = json.loads((teacher / "test" / "metrics.json").read_text())["bytes"]
     assert metrics["ratio_vs_fp32_teacher"] == pytest.approx(teacher_bytes / metrics["bytes"], rel=0.01)
     loaded = AutoModelForImageClassification.from_pretrained(tmp_path / "s")
-    codes, weights = load_codes(tmp_path / "s" / "quantized.safetensors"), dict(loaded.named_parameters())
+    codes, weights = read_codes(tmp_path / "s" / "quantized.safetensors").quantized, dict(loaded.named_parameters())
     assert codes and all(torch.equal(q.dequantize(), weights[name]) for name, q in codes.items())
     assert all(p.dim() == 1 for n, p in weights.items() if n not in codes)  # BN and biases stay fp32
     if "--sparsity" in extra:
@@ -162,6 +162,9 @@ def test_an_image_student_exports_and_loads_back_exactly(teacher, tmp_path):
         assert torch.equal(dequantized(pixel_values=x).logits, student(pixel_values=x).logits)
         registered = AutoModelForImageClassification.from_pretrained(out).eval()  # quant_method nmtq
         assert torch.equal(registered(pixel_values=x).logits, student(pixel_values=x).logits)
+        registered.save_pretrained(tmp_path / f"saved-{huffman}")  # the export's file, byte for byte
+        assert (tmp_path / f"saved-{huffman}" / "model.safetensors").read_bytes() == \
+            (out / "model.safetensors").read_bytes()
     card = ModelCard.load(out / "README.md")
     assert card.data.pipeline_tag == "image-classification"
     assert card.data.eval_results[0].metric_type == "accuracy"
