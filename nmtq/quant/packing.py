@@ -100,21 +100,62 @@ def _pack(flat: torch.Tensor, bits: int) -> torch.Tensor:
     return out.reshape(-1)[:nbytes]
 
 
+# codes per byte -> the integer dtype one byte's codes fill, one byte a code (1, 2 and 4 bits: byte-aligned)
+_SPREAD_DTYPES = {8: torch.int64, 4: torch.int32, 2: torch.int16}
+_SPREAD: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+
+def byte_table(values: torch.Tensor, bits: int) -> torch.Tensor:
+    """``(256, 8 // bits)`` table: row ``v`` holds ``values[c]`` for each code ``c`` of byte ``v``, in stream order.
+
+    For 1, 2 and 4 bits, where every code lies inside one byte. Gathering a row per packed byte decodes a whole
+    byte at once (see :func:`gather_rows`).
+    """
+    v = torch.arange(256, device=values.device)
+    shifts = torch.arange(0, 8, bits, device=values.device)
+    return values[(v[:, None] >> shifts) & (2**bits - 1)].contiguous()
+
+
+def gather_rows(table: torch.Tensor, packed: torch.Tensor, out: torch.Tensor, wide: torch.dtype) -> torch.Tensor:
+    """``out`` (of ``table``'s dtype, ``packed.numel()`` rows of ``table``) = ``table[packed]``, row after row.
+
+    Each row is moved as one element of ``wide`` (a dtype of the row's size): one 1-D gather, which torch runs
+    much faster than gathering small rows or strided writes. Only bits are copied, never arithmetic.
+    """
+    table, target = table.view(wide).view(-1), out.view(wide).view(-1)
+    if torch.get_num_threads() > 1:  # take splits the gather across threads (index_select runs on one)
+        torch.take(table, packed.long(), out=target)
+    else:  # one thread: index_select, with a narrower index, is faster
+        torch.index_select(table, 0, packed.int(), out=target)
+    return out
+
+
 def _unpack(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
-    """Inverse of :func:`_pack` (``packed`` already has the right length)."""
+    """Inverse of :func:`_pack` (``packed`` already has the right length), on uint8 only: 1, 2 and 4 bits through
+    a table of each byte's codes, 3, 5, 6 and 7 bits by shifting the one or two bytes that hold each code."""
     if bits == 8:
         return packed[:numel].clone()
-    groups = -(-numel // 8)
-    padded = packed.new_zeros(groups * bits)
-    padded[: packed.numel()] = packed
-    data = padded.view(groups, bits)
-    word = data[:, 0].to(torch.int64)
-    for k in range(1, bits):
-        word |= data[:, k].to(torch.int64) << (8 * k)
+    k = 8 // bits
+    if k * bits == 8:
+        key = (bits, packed.device)
+        if key not in _SPREAD:
+            _SPREAD[key] = byte_table(torch.arange(2**bits, dtype=torch.uint8, device=packed.device), bits)
+        out = packed.new_empty(packed.numel() * k)
+        return gather_rows(_SPREAD[key], packed, out.view(-1, k), _SPREAD_DTYPES[k]).view(-1)[:numel]
+    groups = -(-numel // 8)  # 8 codes fill `bits` whole bytes
+    data = packed
+    if packed.numel() < groups * bits:
+        data = packed.new_zeros(groups * bits)
+        data[: packed.numel()] = packed
+    data = data.view(groups, bits)
     out = packed.new_empty(groups, 8)
     for j in range(8):
-        out[:, j] = word >> (j * bits) & (2**bits - 1)
-    return out.reshape(-1)[:numel]
+        byte, shift = divmod(j * bits, 8)
+        code = data[:, byte] >> shift
+        if shift + bits > 8:  # the code's high bits open the next byte (uint8 shifts drop what overflows)
+            code |= data[:, byte + 1] << (8 - shift)
+        torch.bitwise_and(code, 2**bits - 1, out=out[:, j])
+    return out.view(-1)[:numel]
 
 
 def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
