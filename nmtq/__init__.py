@@ -8,7 +8,7 @@ CIFAR ResNets (:mod:`nmtq.vision.models`). Where transformers is not installed, 
 
 import importlib.util
 
-__version__ = "0.1.0"
+from .version import __version__ as __version__
 
 if importlib.util.find_spec("transformers") is not None:
     from . import hf, lstm  # noqa: F401  registrations with transformers' Auto classes and quantizers

@@ -11,17 +11,15 @@ Example:
 from __future__ import annotations
 
 import difflib
-import importlib.util
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-import torch
 import yaml
-from transformers import HfArgumentParser, Seq2SeqTrainingArguments, TrainingArguments
+from transformers import HfArgumentParser, Seq2SeqTrainingArguments
 
-from .distributed import check_distributed_engine
 from .errors import NmtqError
-from .guard import DEFAULT_STOP_GRAD_NORM
+from .models import Architecture
+from .runs import CpuFriendlyTrainingArguments
 
 MODEL_TYPES = ("marian", "fsmt", "bart")
 
@@ -107,44 +105,9 @@ class ModelArguments:
         if self.d_model % self.attention_heads:
             raise NmtqError(f"d_model={self.d_model} must be divisible by attention_heads={self.attention_heads}")
 
-
-@dataclass
-class CpuFriendlyTrainingArguments(TrainingArguments):
-    """Hugging Face's TrainingArguments plus a time budget; CPU-only machines and missing tensorboard handled."""
-
-    max_train_minutes: float | None = field(
-        default=None, metadata={"help": "Stop training after this many minutes (all processes stop together)."})
-    stop_grad_norm: float | None = field(
-        default=DEFAULT_STOP_GRAD_NORM, metadata={
-            "help": "Stop training before an update whose gradient norm (before clipping) is above this, or whose "
-                    "loss or gradients are not finite; the newest checkpoint is kept and the message says how to "
-                    "go on (0: stop only on non-finite values)."})
-    overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "Replace the model in an output_dir that already holds one (otherwise "
-                                         "refused, unless resuming with --resume_from_checkpoint)."})
-
-    def __getstate__(self) -> dict:
-        """What pickling keeps: the Trainer saves its arguments in training_args.bin and every checkpoint, and a Hub
-        token must never reach the disk."""
-        state = dict(self.__dict__)
-        for name in state:
-            if name.endswith("_token") and isinstance(state[name], str):
-                state[name] = None
-        return state
-
-    def __post_init__(self) -> None:
-        check_distributed_engine(self)  # before transformers builds a DeepSpeed or FSDP plugin, or loads anything
-        if self.report_to == "auto":
-            self.report_to = "tensorboard" if tensorboard_available() else "none"
-        if not self.use_cpu and not torch.cuda.is_available() and not torch.backends.mps.is_available():
-            # without it, `accelerate launch --multi_gpu` on a CPU-only machine gives each process a world of one
-            self.use_cpu = True
-        if self.use_cpu:
-            self.dataloader_pin_memory = False  # pinning needs an accelerator
-        _check_training_numbers(self)
-        super().__post_init__()
-        if self.max_train_minutes is not None and self.max_train_minutes <= 0:
-            raise NmtqError(f"max_train_minutes={self.max_train_minutes}: pass a positive number of minutes")
+    def architecture(self) -> Architecture:
+        """The new model's shape, as :func:`nmtq.models.build_model` takes it."""
+        return Architecture(**{f.name: getattr(self, f.name) for f in fields(Architecture)})
 
 
 @dataclass
@@ -159,28 +122,6 @@ class NmtTrainingArguments(CpuFriendlyTrainingArguments, Seq2SeqTrainingArgument
             if getattr(self, name) < 1:
                 raise NmtqError(f"--{name} {getattr(self, name)}: pass at least 1")
         super().__post_init__()
-
-
-def _check_training_numbers(args: TrainingArguments) -> None:
-    """One-line errors for the numbers transformers accepts but cannot train with (or silently reads otherwise)."""
-    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
-        if getattr(args, name) < 1:
-            raise NmtqError(f"--{name} {getattr(args, name)}: pass at least 1")
-    if args.learning_rate < 0 or args.weight_decay < 0 or args.max_grad_norm < 0:
-        raise NmtqError(f"--learning_rate {args.learning_rate}, --weight_decay {args.weight_decay} and "
-                        f"--max_grad_norm {args.max_grad_norm} must not be negative")
-    if args.max_steps == 0 or args.max_steps < -1:
-        raise NmtqError(f"--max_steps {args.max_steps}: pass a positive number of steps, or -1 to train for "
-                        "--num_train_epochs")
-    if args.max_steps == -1 and args.num_train_epochs <= 0:
-        raise NmtqError(f"--num_train_epochs {args.num_train_epochs}: pass a positive number (or set --max_steps)")
-    if args.stop_grad_norm is not None and args.stop_grad_norm < 0:
-        raise NmtqError(f"--stop_grad_norm {args.stop_grad_norm}: pass a positive norm, or 0 to stop only on "
-                        "non-finite values")
-
-
-def tensorboard_available() -> bool:
-    return importlib.util.find_spec("tensorboard") is not None
 
 
 TRAIN_ARGUMENT_CLASSES = (DataArguments, ModelArguments, NmtTrainingArguments)

@@ -55,36 +55,6 @@ class CardFacts:
         return IMAGE_RESULTS if self.task == "image-classification" else RESULTS
 
 
-def teacher_card(name: str, config, fp32_bytes: int | None = None) -> str:
-    """The teacher as a model card names it: a Hub id as it is; a local folder, whose path means nothing to a
-    reader, by its architecture and size.
-
-    Example:
-        >>> from types import SimpleNamespace
-        >>> teacher_card("/no/such/runs/teacher", SimpleNamespace(model_type="marian", encoder_layers=6,
-        ...     decoder_layers=6, d_model=512), 297_000_000)
-        'a marian model trained locally (6+6 layers, d_model 512, 297,000,000 bytes in fp32)'
-        >>> teacher_card("Helsinki-NLP/opus-mt-de-en", None)
-        'Helsinki-NLP/opus-mt-de-en'
-    """
-    from pathlib import Path
-
-    looks_local = name.startswith((".", "/", "~")) or name.count("/") != 1
-    if not (Path(name).expanduser().exists() or looks_local):
-        return name
-    parts = []
-    encoder = getattr(config, "encoder_layers", getattr(config, "num_layers", None))
-    decoder = getattr(config, "decoder_layers", getattr(config, "num_decoder_layers", None))
-    if encoder is not None and decoder is not None:
-        parts.append(f"{encoder}+{decoder} layers")
-    if getattr(config, "d_model", None):
-        parts.append(f"d_model {config.d_model}")
-    if fp32_bytes:
-        parts.append(f"{fp32_bytes:,} bytes in fp32")
-    kind = getattr(config, "model_type", None) or "seq2seq"
-    return f"a {kind} model trained locally" + (f" ({', '.join(parts)})" if parts else "")
-
-
 def _bits_text(bits: Mapping[str, int]) -> str:
     values = sorted(set(bits.values()))
     if len(values) == 1:

@@ -14,8 +14,9 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-from . import __version__, files
+from . import files
 from .errors import NmtqError
+from .version import __version__
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -60,23 +61,12 @@ def _run_recipe(args: argparse.Namespace, classes: tuple[type, ...], run, output
     return 0
 
 
-def _run_train(args: argparse.Namespace) -> int:
-    from .args import TRAIN_ARGUMENT_CLASSES
-    from .train import train_teacher
+def _run_training_command(args: argparse.Namespace) -> int:
+    """``nmtq train``, ``nmtq distill`` and ``nmtq distill-images``: :func:`nmtq.commands.run_recipe`."""
+    from .commands import recipe_command
 
-    return _run_recipe(args, TRAIN_ARGUMENT_CLASSES, train_teacher, "runs/teacher")
-
-
-def _run_distill(args: argparse.Namespace) -> int:
-    from .distill import DISTILL_ARGUMENT_CLASSES, distill
-
-    return _run_recipe(args, DISTILL_ARGUMENT_CLASSES, distill, "runs/student")
-
-
-def _run_distill_images(args: argparse.Namespace) -> int:
-    from .vision.train import IMAGE_ARGUMENT_CLASSES, distill_images
-
-    return _run_recipe(args, IMAGE_ARGUMENT_CLASSES, distill_images, "runs/images")
+    command = recipe_command(args.command)
+    return _run_recipe(args, command.classes, command.run, command.output_dir)
 
 
 def _run_table(args: argparse.Namespace) -> int:
@@ -208,7 +198,7 @@ def _add_push(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_push(args: argparse.Namespace) -> int:
-    from .hub import push_folder
+    from .push import push_folder
 
     report = push_folder(args.folder, args.repo_id, private=args.private, dry_run=args.dry_run,
                          commit_message=args.commit_message)
@@ -246,10 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="nmtq", description="Compress translation models by distillation and quantization.")
     parser.add_argument("--version", action="version", version=f"nmtq {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_OneLineParser)
-    _add_recipe_command(subparsers, "train", "Train a translation teacher from a recipe", _run_train)
-    _add_recipe_command(subparsers, "distill", "Distil a teacher into a shallower, quantized student", _run_distill)
+    _add_recipe_command(subparsers, "train", "Train a translation teacher from a recipe", _run_training_command)
+    _add_recipe_command(subparsers, "distill", "Distil a teacher into a shallower, quantized student",
+                        _run_training_command)
     _add_recipe_command(subparsers, "distill-images", "Train, distil and quantize an image classifier (CIFAR "
-                                                      "ResNets; the same methods)", _run_distill_images)
+                                                      "ResNets; the same methods)", _run_training_command)
     _add_recipe_command(subparsers, "table", "Train or reuse a teacher, distil students with every method and "
                                              "print one table of BLEU (or accuracy) against bytes", _run_table)
     _add_evaluate(subparsers)

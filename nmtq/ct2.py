@@ -3,8 +3,8 @@
 ``convert_to_ctranslate2`` turns a model folder (an ``nmtq train``/``nmtq distill`` output_dir, or an ``nmtq
 export`` folder) into a self-contained CTranslate2 folder: ``model.bin`` (int8 weights by default: absmax codes
 per output row), CTranslate2's ``config.json``, the Marian tokenizer files and ``nmtq_ct2.json`` (what decoding
-needs to match ``transformers``). ``Ct2Translator`` translates and scores with it; ``evaluate_ctranslate2``
-returns the metrics of :func:`nmtq.evaluation.evaluate_model`.
+needs to match ``transformers``). ``Ct2Translator``, a :class:`nmtq.translators.Translator`, translates and scores
+with it, so :func:`nmtq.evaluation.evaluate_translator` gives the metrics of either engine.
 
 int8 weights are nmtq's own codes: ``int8_bits``-bit absmax per output row, rounded by
 :func:`nmtq.quant.functional.encode_tensor` and stored with CTranslate2's per-row scale, so CTranslate2 multiplies
@@ -39,20 +39,23 @@ from typing import Any
 import torch
 
 from . import files
+from .decoding import check_lengths, max_source_length, truncation
 from .env import parse_cpuinfo, read_cpuinfo
 from .errors import NmtqError
-from .evaluation import _check_lengths, _check_model_dir, _max_source_length, _truncation, evaluate_with
-from .io import write_json_atomic
+from .io import read_json_object, write_dir_atomic, write_json_atomic
+from .models import check_model_dir
 from .quant.functional import encode_tensor, max_code
 from .tokenizer import encode_targets
+from .translators import Translator
 
 SUPPORTED_MODEL_TYPES = ("marian", "bart", "mbart", "m2m_100", "t5", "mt5")
+_FORMAT = "nmtq.ctranslate2.v1"
 INT8_QUANTIZATIONS = ("int8", "int8_float32", "int8_float16", "int8_bfloat16")
 QUANTIZATIONS = (*INT8_QUANTIZATIONS, "int16", "float16", "bfloat16", "float32")
-_FORMAT = "nmtq.ctranslate2.v1"
 
 
 def _require_ctranslate2():
+    """The ``ctranslate2`` module, or a one-line error that says how to install it."""
     try:
         import ctranslate2
     except ImportError as err:
@@ -62,7 +65,7 @@ def _require_ctranslate2():
 
 def _model_type(model_dir: Path) -> str:
     """The ``model_type`` of ``model_dir/config.json``; a clear error for what CTranslate2 cannot run."""
-    _check_model_dir(model_dir)
+    check_model_dir(model_dir)
     model_type = json.loads((model_dir / files.CONFIG).read_text(encoding="utf-8")).get("model_type")
     if model_type == "nmtq-lstm":
         raise NmtqError(f"{model_dir} holds nmtq's LSTM student, which CTranslate2 cannot run (it runs "
@@ -76,7 +79,7 @@ def _model_type(model_dir: Path) -> str:
 
 def _load(model_dir: Path):
     """``(model, tokenizer)`` from a saved model folder or an ``nmtq export`` folder, vocabulary checked."""
-    from .export import export_config, load_exported
+    from .exported import export_config, load_exported
     from .models import load_model
     from .tokenizer import load_tokenizer
 
@@ -131,14 +134,15 @@ def student_int8_bits(model_dir: str | os.PathLike) -> int | None:
     levels (no learned points) and at most 8 bits, read from its ``quantization.json`` (``nmtq distill``) or
     config.json's ``quantization_config`` (``nmtq export``); with bits that differ between layers, the largest.
     """
-    from .export import _read_json, export_config
+    from .exported import export_config
 
     model_dir = Path(model_dir)
     data, config = export_config(model_dir), None
     if data is not None:
         config = data
     elif (model_dir / files.QUANTIZATION).is_file():
-        data = _read_json(model_dir / files.QUANTIZATION, "write the folder again with the nmtq command that made it")
+        data = read_json_object(model_dir / files.QUANTIZATION,
+                                "write the folder again with the nmtq command that made it")
         config = data.get("config") or {}
     if config is None:
         return None
@@ -207,8 +211,6 @@ def convert_to_ctranslate2(model_dir: str | os.PathLike, out_dir: str | os.PathL
         >>> convert_to_ctranslate2("runs/student", "runs/student-ct2", quantization="int8")  # doctest: +SKIP
         PosixPath('runs/student-ct2')
     """
-    from .export import _write_dir
-
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     model_type = _model_type(model_dir)
     if quantization not in QUANTIZATIONS:
@@ -231,7 +233,7 @@ def convert_to_ctranslate2(model_dir: str | os.PathLike, out_dir: str | os.PathL
     forced_eos = getattr(model.generation_config, "forced_eos_token_id", None) is not None
     forced_bos = getattr(model.generation_config, "forced_bos_token_id", None)  # BART's <s>: a target prefix here
     info = {"format": _FORMAT, "model_type": model_type, "quantization": quantization, "int8_bits": int8_bits,
-            "source": str(model_dir), "max_source_length": _max_source_length(model, tokenizer),
+            "source": str(model_dir), "max_source_length": max_source_length(model, tokenizer),
             "forced_eos": forced_eos,
             "forced_bos_token": None if forced_bos is None else tokenizer.convert_ids_to_tokens(forced_bos),
             # T5's task prefixes by pair (translation_de_to_en), which evaluation puts before each source
@@ -257,14 +259,14 @@ def convert_to_ctranslate2(model_dir: str | os.PathLike, out_dir: str | os.PathL
         tokenizer.save_pretrained(saved)
         for path in sorted(Path(saved).iterdir()):
             spec.register_file(str(path))
-        _write_dir(out_dir, write)
+        write_dir_atomic(out_dir, write)
     return out_dir
 
 
-class Ct2Translator:
+class Ct2Translator(Translator):
     """A CTranslate2 model with its Marian tokenizer; translates and scores like :mod:`nmtq.evaluation` does.
 
-    ``model_dir`` is a folder written by :func:`convert_to_ctranslate2`, or a model folder that it accepts,
+    ``model_dir`` is a folder written by :func:`nmtq.ct2.convert_to_ctranslate2`, or a model folder that it accepts,
     converted on the fly (into a temporary folder, deleted once loaded). ``compute_type`` is CTranslate2's
     (``int8``, ``int8_float32`` or ``float32`` on a CPU). ``inter_threads`` batches are decoded at once (CTranslate2
     splits the input into batches of ``batch_size``), each on ``intra_threads`` threads, by default
@@ -312,7 +314,7 @@ class Ct2Translator:
             torch.set_num_threads(torch_threads)
 
     def _source_tokens(self, sources: list[str]) -> list[list[str]]:
-        ids = self.tokenizer(list(sources), **_truncation(self.max_source_length))["input_ids"]
+        ids = self.tokenizer(list(sources), **truncation(self.max_source_length))["input_ids"]
         return [self.tokenizer.convert_ids_to_tokens(row) for row in ids]
 
     def translate(self, sources: list[str], num_beams: int = 4, max_new_tokens: int = 128,
@@ -346,40 +348,15 @@ class Ct2Translator:
         Exact: CTranslate2's ``score_batch`` gives the log-probability of every target token and of ``</s>``,
         over the whole vocabulary, so at float32 this equals :func:`nmtq.evaluation.perplexity`.
         """
-        _check_lengths(sources, {"references": references})
+        check_lengths(sources, {"references": references})
         if not sources:
             raise NmtqError("perplexity of no sentences: pass at least one source/reference pair")
-        labels = encode_targets(self.tokenizer, list(references), **_truncation(self.max_source_length))["input_ids"]
+        labels = encode_targets(self.tokenizer, list(references), **truncation(self.max_source_length))["input_ids"]
         targets = [self.tokenizer.convert_ids_to_tokens(row[:-1]) for row in labels]  # CTranslate2 adds </s>
         results = self.translator.score_batch(self._source_tokens(sources), targets, max_batch_size=batch_size,
                                               max_input_length=0)
         log_probs = [p for result in results for p in result.log_probs]
         return math.exp(-math.fsum(log_probs) / len(log_probs))
 
-
-def translate_ctranslate2(ct2_dir: str | os.PathLike, sources: list[str], num_beams: int = 4,
-                          max_new_tokens: int = 128, batch_size: int = 32, compute_type: str = "int8") -> list[str]:
-    """:meth:`Ct2Translator.translate` of a model loaded for this call.
-
-    Example:
-        >>> translate_ctranslate2("runs/student-ct2", ["Das Haus ist klein."], num_beams=4)  # doctest: +SKIP
-        ['The house is small.']
-    """
-    return Ct2Translator(ct2_dir, compute_type).translate(sources, num_beams, max_new_tokens, batch_size)
-
-
-def evaluate_ctranslate2(translator: Ct2Translator, sources: list[str], references: list[str] | list[list[str]],
-                         num_beams: int = 4, max_new_tokens: int = 128, batch_size: int = 32,
-                         output_dir: str | os.PathLike | None = None) -> dict[str, Any]:
-    """:func:`nmtq.evaluation.evaluate_model`'s metrics, files and speed measure, with CTranslate2 decoding.
-
-    ``perplexity`` (of the first reference set) comes from :meth:`Ct2Translator.perplexity`, exact for the
-    model as CTranslate2 runs it (int8 weights included); ``engine`` and ``compute_type`` are added.
-
-    Example:
-        >>> metrics = evaluate_ctranslate2(Ct2Translator("runs/student-ct2"), sources, references)  # doctest: +SKIP
-    """
-    return evaluate_with(lambda texts: translator.translate(texts, num_beams, max_new_tokens, batch_size),
-                         lambda texts, refs: translator.perplexity(texts, refs, batch_size), translator.tokenizer,
-                         sources, references, num_beams, output_dir,
-                         {"engine": "ctranslate2", "compute_type": translator.compute_type})
+    def metrics_fields(self) -> dict[str, Any]:
+        return {"engine": "ctranslate2", "compute_type": self.compute_type}

@@ -28,7 +28,6 @@ from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer
 
 from . import files
 from .args import DataArguments, NmtTrainingArguments
-from .card import teacher_card
 from .codes import save_codes
 from .conventions import apply_conventions, resolve_conventions
 from .errors import NmtqError
@@ -42,8 +41,15 @@ from .methods import (
     method_callbacks,
     prepare_quantizer,
 )
-from .models import check_model_source, decoder_inputs_from_labels, enable_generation_cache, load_model
+from .models import (
+    check_model_source,
+    decoder_inputs_from_labels,
+    enable_generation_cache,
+    load_model,
+    teacher_card,
+)
 from .quant import QuantizerConfig, SizeReport
+from .runs import start_run, time_budget
 from .student import check_student_shape, depth, make_student
 from .teacher_cache import (
     TopKCache,
@@ -58,8 +64,6 @@ from .train import (
     check_ids_fit,
     load_splits,
     score_test_split,
-    start_run,
-    time_budget,
     tokenize,
     with_prefix,
 )

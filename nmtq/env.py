@@ -110,7 +110,7 @@ def environment(cpuinfo: str | None = None) -> dict[str, Any]:
     """
     import torch
 
-    from . import __version__
+    from .version import __version__
 
     cpu = parse_cpuinfo((read_cpuinfo() or "") if cpuinfo is None else cpuinfo)
     nmtq_version = package_version("nmtq")

@@ -24,6 +24,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .errors import NmtqError
+
 MARKER = "nmtq-tmp"
 _TEMPORARY = re.compile(rf"\..*\.{MARKER}-(?P<host>[A-Za-z0-9_]+)-(?P<pid>[0-9]+)-[A-Za-z0-9_]+(?:\.tmp)?", re.DOTALL)
 
@@ -172,3 +174,52 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 def write_json_atomic(path: str | os.PathLike, payload: Any) -> None:
     """``payload`` as indented JSON, written atomically."""
     write_text_atomic(path, json.dumps(payload, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def read_json_object(path: str | os.PathLike, fix: str) -> dict:
+    """The JSON object in ``path``; a missing, unreadable or non-object file is an :class:`nmtq.errors.NmtqError`
+    that ends with ``fix``, what the user can do about it."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise NmtqError(f"{path} is missing: {fix}") from err
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise NmtqError(f"{path} is not valid JSON ({err}): {fix}") from err
+    if not isinstance(data, dict):
+        raise NmtqError(f"{path} does not hold a JSON object: {fix}")
+    return data
+
+
+def write_dir_atomic(out_dir: str | os.PathLike, write) -> None:
+    """Run ``write(tmp)`` on a new sibling directory of ``out_dir``, then rename it to ``out_dir``.
+
+    A reader sees the earlier folder or the new one, never half of one; the new folder's permissions follow the
+    umask; what killed writers left beside it is removed first (:func:`sweep_temporary_files`)."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    sweep_temporary_files(out_dir.parent)  # what killed exports left
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=temporary_prefix(out_dir.name), suffix=".tmp"))
+    old = out_dir.parent / f"{tmp.name}.old"
+    try:
+        write(tmp)
+        umask = _umask()  # mkdtemp (and safetensors) create private files; the result is an ordinary folder
+        for path in [tmp, *tmp.rglob("*")]:
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
+        if out_dir.exists():
+            os.replace(out_dir, old)  # a directory cannot be renamed over a non-empty one
+        try:
+            os.replace(tmp, out_dir)
+        except OSError:
+            if old.exists():
+                os.replace(old, out_dir)  # put the earlier export back
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask

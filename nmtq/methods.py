@@ -40,6 +40,7 @@ from .errors import NmtqError
 from .guard import GuardedTrainingMixin
 from .io import atomic_path, write_json_atomic
 from .losses import distillation_loss
+from .models import not_stored
 from .quant import Quantizer, QuantizerConfig, SizeReport, size_report
 from .quant.prune import sparsity_at
 from .quant.quantizer import POINTS_SUFFIX
@@ -236,11 +237,6 @@ class PruneSchedule(TrainerCallback):
             self.log(f"training stopped at step {state.global_step}, before the pruning schedule ended: pruning to "
                      f"{self.sparsity} now, without retraining")
             self.quantizer.prune(self.sparsity)
-
-
-def not_stored(model) -> set[str]:
-    """State-dict entries that ``save_pretrained`` leaves out (recomputed on load): not counted in any size."""
-    return set(getattr(model, "_keys_to_ignore_on_save", None) or ())
 
 
 def fp32_size(model) -> SizeReport:

@@ -1,9 +1,8 @@
 """Seq2seq Transformers built from arguments (Marian, FSMT or BART configs), or loaded from a checkpoint.
 
 Example:
-    >>> from nmtq.args import ModelArguments
-    >>> model = build_model(ModelArguments(d_model=16, encoder_layers=1, decoder_layers=1, attention_heads=2,
-    ...                                    ffn_dim=32, max_position_embeddings=32), vocab_size=10,
+    >>> model = build_model(Architecture(d_model=16, encoder_layers=1, decoder_layers=1, attention_heads=2,
+    ...                                  ffn_dim=32, max_position_embeddings=32), vocab_size=10,
     ...                     pad_token_id=9, eos_token_id=0)
     >>> type(model).__name__, model.config.decoder_start_token_id
     ('MarianMTModel', 9)
@@ -12,16 +11,32 @@ Example:
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import files
-from .args import ModelArguments
 from .errors import NmtqError
 from .guard import check_finite
 from .hub import require_hub
 
 
-def build_model(args: ModelArguments, vocab_size: int, pad_token_id: int, eos_token_id: int,
+@dataclass(frozen=True)
+class Architecture:
+    """The shape of a new Transformer: its family (marian, fsmt or bart) and sizes
+    (:meth:`nmtq.args.ModelArguments.architecture` builds it from the command line's fields)."""
+
+    model_type: str = "marian"
+    d_model: int = 512
+    encoder_layers: int = 6
+    decoder_layers: int = 6
+    attention_heads: int = 8
+    ffn_dim: int = 2048
+    dropout: float = 0.1
+    max_position_embeddings: int = 512
+    scale_embedding: bool = True
+
+
+def build_model(args: Architecture, vocab_size: int, pad_token_id: int, eos_token_id: int,
                 source_lang: str = "de", target_lang: str = "en"):
     """A new, randomly initialised seq2seq Transformer of ``args.model_type`` over a shared vocabulary.
 
@@ -149,3 +164,53 @@ def decoder_inputs_from_labels(model, labels):
         return model.prepare_decoder_input_ids_from_labels(labels=labels.clone())
     return shift_tokens_right(labels, model.config.pad_token_id, model.config.decoder_start_token_id)
 
+
+def check_model_dir(model_dir: Path) -> None:
+    """A one-line :class:`NmtqError` unless ``model_dir`` is a saved model: config.json and safetensors weights."""
+    if not model_dir.is_dir():
+        raise NmtqError(f"model directory {str(model_dir)!r} does not exist: pass a directory written by "
+                         f"nmtq or save_pretrained ({files.CONFIG}, {files.WEIGHTS} and the tokenizer files)")
+    if not (model_dir / files.CONFIG).is_file():
+        raise NmtqError(f"{str(model_dir)!r} has no {files.CONFIG}: pass a directory written by save_pretrained")
+    weights = (files.WEIGHTS, files.WEIGHTS_INDEX)
+    if not any((model_dir / name).is_file() for name in weights):
+        found = sorted(p.name for p in model_dir.iterdir())
+        raise NmtqError(
+            f"{str(model_dir)!r} holds no safetensors weights ({' or '.join(weights)}; found {found}): "
+            f"save the model with save_pretrained, or convert a {files.PICKLED_WEIGHTS} you trust by loading it with "
+            f"use_safetensors=False and saving it again")
+
+
+def not_stored(model) -> set[str]:
+    """State-dict entries that ``save_pretrained`` leaves out (recomputed on load): not counted in any size."""
+    return set(getattr(model, "_keys_to_ignore_on_save", None) or ())
+
+
+def teacher_card(name: str, config, fp32_bytes: int | None = None) -> str:
+    """The teacher as a model card names it: a Hub id as it is; a local folder, whose path means nothing to a
+    reader, by its architecture and size.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> teacher_card("/no/such/runs/teacher", SimpleNamespace(model_type="marian", encoder_layers=6,
+        ...     decoder_layers=6, d_model=512), 297_000_000)
+        'a marian model trained locally (6+6 layers, d_model 512, 297,000,000 bytes in fp32)'
+        >>> teacher_card("Helsinki-NLP/opus-mt-de-en", None)
+        'Helsinki-NLP/opus-mt-de-en'
+    """
+    from pathlib import Path
+
+    looks_local = name.startswith((".", "/", "~")) or name.count("/") != 1
+    if not (Path(name).expanduser().exists() or looks_local):
+        return name
+    parts = []
+    encoder = getattr(config, "encoder_layers", getattr(config, "num_layers", None))
+    decoder = getattr(config, "decoder_layers", getattr(config, "num_decoder_layers", None))
+    if encoder is not None and decoder is not None:
+        parts.append(f"{encoder}+{decoder} layers")
+    if getattr(config, "d_model", None):
+        parts.append(f"d_model {config.d_model}")
+    if fp32_bytes:
+        parts.append(f"{fp32_bytes:,} bytes in fp32")
+    kind = getattr(config, "model_type", None) or "seq2seq"
+    return f"a {kind} model trained locally" + (f" ({', '.join(parts)})" if parts else "")

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import files
+from .commands import parse_recipe, run_recipe
 from .env import describe_environment, environment
 from .errors import NmtqError
 from .io import atomic_path, write_json_atomic, write_text_atomic
@@ -103,20 +104,6 @@ class Run:
     output_dir: Path
 
 
-def _argument_classes(command: str) -> tuple[type, ...]:
-    if command == "train":
-        from .args import TRAIN_ARGUMENT_CLASSES
-
-        return TRAIN_ARGUMENT_CLASSES
-    if command == "distill":
-        from .distill import DISTILL_ARGUMENT_CLASSES
-
-        return DISTILL_ARGUMENT_CLASSES
-    from .vision.train import IMAGE_ARGUMENT_CLASSES
-
-    return IMAGE_ARGUMENT_CLASSES
-
-
 def _student_key(parsed: tuple, task: str) -> str:
     """What tells two students of a table apart: the student type, or the image model's architecture and depth."""
     if task == "translation":
@@ -126,19 +113,17 @@ def _student_key(parsed: tuple, task: str) -> str:
 
 def plan(args: TableArguments) -> tuple[list[str], Path, list[Run]]:
     """The teacher's argv and directory and the student runs; every recipe is parsed, so errors come first."""
-    from .args import parse_train_args
-
     task = TASKS[args.task]
     teacher_argv = [task.teacher_command, "--config", args.teacher_recipe, *shlex.split(args.teacher_args)]
     if args.task == "images":
         teacher_argv += ["--method", "fp"]
-    teacher_dir = Path(parse_train_args(teacher_argv[1:], _argument_classes(task.teacher_command))[-1].output_dir)
-    runs, out, classes = [], Path(args.output_dir), _argument_classes(task.command)
+    teacher_dir = Path(parse_recipe(task.teacher_command, teacher_argv[1:])[-1].output_dir)
+    runs, out = [], Path(args.output_dir)
     for student in args.students:
         recipe, *fields = shlex.split(student)
         base = [task.command, "--config", recipe, *shlex.split(args.student_args), *fields,
                 "--teacher", str(teacher_dir)]
-        key = _student_key(parse_train_args(base[1:], classes), args.task)
+        key = _student_key(parse_recipe(task.command, base[1:]), args.task)
         if any(r.student == key for r in runs):
             raise NmtqError(f"two students are {key!r}: give each one entry")
         kd_dir = out / key / "kd"
@@ -153,17 +138,17 @@ def plan(args: TableArguments) -> tuple[list[str], Path, list[Run]]:
                                     [*base, *start, "--bits", str(bits)], out / key / f"{method}{bits}"))
     for run in runs:
         run.argv += ["--method", run.method, "--output_dir", str(run.output_dir)]
-        parse_train_args(run.argv[1:], classes)  # a bad field fails now, not an hour in
+        parse_recipe(task.command, run.argv[1:])  # a bad field fails now, not an hour in
     return teacher_argv, teacher_dir, runs
 
 
 def _call(argv: list[str], output_dir: Path, what: str, log) -> tuple[dict, float | None]:
-    """Run ``nmtq ARGV`` unless it has finished before; resume it from its last checkpoint if it was cut off.
+    """Run ``nmtq ARGV`` in this process (:func:`nmtq.commands.run_recipe`) unless it has finished before; resume it
+    from its last checkpoint if it was cut off.
 
     Returns the run's test metrics and its wall time in seconds (that of the call that finished it, kept in
     :data:`nmtq.files.RUN_TIME`; None for a run finished by another command)."""
     from .checkpoints import last_complete_checkpoint
-    from .cli import main
 
     metrics_file, time_file = files.metrics_file(output_dir), output_dir / files.RUN_TIME
     if metrics_file.is_file():
@@ -173,8 +158,10 @@ def _call(argv: list[str], output_dir: Path, what: str, log) -> tuple[dict, floa
     if last_complete_checkpoint(str(output_dir)):
         argv = [*argv, "--resume_from_checkpoint", "last"]
     start = time.monotonic()
-    if main(argv) != 0:
-        raise NmtqError(f"{what} failed (see the error above): nmtq {shlex.join(argv)}")
+    try:
+        run_recipe(argv[0], argv[1:])
+    except NmtqError as err:
+        raise NmtqError(f"{what} failed: nmtq {argv[0]}: {err} (nmtq {shlex.join(argv)})") from err
     seconds = time.monotonic() - start
     write_json_atomic(time_file, {"seconds": round(seconds, 1), "hardware": describe_environment(environment())})
     return json.loads(metrics_file.read_text()), seconds

@@ -109,7 +109,7 @@ def cache_translations(teacher, tokenizer, sources: Sequence[str], directory: st
                        num_processes: int = 1, wait: Callable[[], None] = lambda: None,
                        log: Callable[[str], None] = print) -> list[str]:
     """The teacher's beam-search translation of each source, computed once into ``directory`` and read back."""
-    from .evaluation import translate
+    from .decoding import translate
 
     shards = _Shards(Path(directory), "seq", ".jsonl", len(sources), shard_size,
                      {"kind": "translations", "num_beams": num_beams, "max_new_tokens": max_new_tokens})

@@ -11,20 +11,17 @@ split with beam search and print sacreBLEU BLEU and chrF and the perplexity.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
-import torch
 from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, TrainerCallback
 
 from . import files
 from .args import DataArguments, ModelArguments, NmtTrainingArguments
-from .checkpoints import resolve_checkpoint
 from .errors import NmtqError
 from .guard import GuardedTrainingMixin
 from .io import write_json_atomic
 from .models import build_model, check_model_source, enable_generation_cache, load_model
-from .outputs import check_output_dir
+from .runs import start_run, time_budget
 from .tokenizer import encode_targets, load_tokenizer, train_tokenizer
 
 SPLITS = ("train", "validation", "test")
@@ -45,28 +42,6 @@ class EpochsThisRun(TrainerCallback):
 
     def covered(self, state) -> float:
         return (state.epoch or 0.0) - self.start
-
-
-class TimeBudget(TrainerCallback):
-    """Stop training once ``minutes`` have passed; every process takes the same decision."""
-
-    def __init__(self, minutes: float) -> None:
-        self.seconds, self.start = minutes * 60, time.monotonic()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        over = torch.tensor(float(time.monotonic() - self.start > self.seconds))
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            if torch.distributed.get_backend() == "nccl":
-                over = over.cuda()
-            torch.distributed.all_reduce(over, op=torch.distributed.ReduceOp.MAX)  # rank 0's clock may lag
-        if over.item() > 0:
-            control.should_training_stop = True
-        return control
-
-
-def time_budget(training_args: NmtTrainingArguments) -> list[TrainerCallback]:
-    """A :class:`TimeBudget` callback when ``max_train_minutes`` is set, else none."""
-    return [TimeBudget(training_args.max_train_minutes)] if training_args.max_train_minutes else []
 
 
 def load_splits(data_args: DataArguments, log) -> dict:
@@ -133,33 +108,6 @@ def check_ids_fit(model, dataset, name: str) -> None:
                              "codes); use the model's own tokenizer and codes")
 
 
-def start_run(training_args, model_inputs: list, data_files: list, last_file: str = files.TRAINER_STATE):
-    """What every training command does first, before reading data or weights: its logger, the checkpoint it
-    resumes (:func:`nmtq.checkpoints.resolve_checkpoint`) and the checks of its ``output_dir`` against the inputs
-    (:func:`nmtq.outputs.check_output_dir`, which also sweeps killed runs' temporary files), and the seed of
-    ``--seed`` for every random number generator: the models are built before the Trainer seeds them, and torch
-    seeds itself at random in every process. Returns ``(log, checkpoint)``."""
-    from transformers import set_seed
-
-    set_seed(training_args.seed)
-    log = main_process_logger(training_args)
-    checkpoint = resolve_checkpoint(training_args, last_file, log=log)
-    for swept in check_output_dir(training_args.output_dir, model_inputs=model_inputs, data_files=data_files,
-                                  resuming=checkpoint is not None, overwrite=training_args.overwrite_output_dir,
-                                  main_process=training_args.local_process_index == 0):
-        log(f"removed {swept}, a temporary file of a killed run")
-    return log, checkpoint
-
-
-def main_process_logger(training_args: NmtTrainingArguments):
-    """``log(message)`` that prints on the main process only."""
-    def log(message: str) -> None:
-        if training_args.process_index == 0:
-            print(f"[nmtq] {message}", flush=True)
-
-    return log
-
-
 def train_teacher(data_args: DataArguments, model_args: ModelArguments, training_args: NmtTrainingArguments) -> dict:
     """Train (or resume) a teacher and return its test metrics (also written to ``output_dir/test``)."""
     from .hub import check_push_to_hub
@@ -184,7 +132,7 @@ def train_teacher(data_args: DataArguments, model_args: ModelArguments, training
     if model_args.model_name_or_path:
         model = load_model(model_args.model_name_or_path)
     else:
-        model = build_model(model_args, len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id,
+        model = build_model(model_args.architecture(), len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id,
                             data_args.source_lang, data_args.target_lang)
     log(f"model: {type(model).__name__}, {sum(p.numel() for p in model.parameters()):,} parameters; "
         f"processes: {training_args.world_size} ({training_args.distributed_state.distributed_type})")

@@ -19,11 +19,10 @@ from nmtq.cli import main  # noqa: E402
 from nmtq.ct2 import (  # noqa: E402
     Ct2Translator,
     convert_to_ctranslate2,
-    evaluate_ctranslate2,
     int8_saturates_here,
     student_int8_bits,
 )
-from nmtq.evaluation import evaluate_model, perplexity, translate  # noqa: E402
+from nmtq.evaluation import evaluate_model, evaluate_translator, perplexity, translate  # noqa: E402
 from nmtq.files import CT2_INFO  # noqa: E402
 from nmtq.models import load_model  # noqa: E402
 from nmtq.tokenizer import load_tokenizer  # noqa: E402
@@ -118,8 +117,8 @@ def test_int8_folder_is_complete_and_evaluates_like_evaluate_model(marian, tmp_p
     assert (out / "model.bin").stat().st_size < 0.7 * (float32 / "model.bin").stat().st_size  # int8 weights
     shutil.copytree(out, tmp_path / "moved")  # self-contained: nothing points back at the model folder
     translator = Ct2Translator(tmp_path / "moved")
-    metrics = evaluate_ctranslate2(translator, GERMAN, ENGLISH, num_beams=2, max_new_tokens=MAX_NEW_TOKENS,
-                                   output_dir=tmp_path / "eval")
+    metrics = evaluate_translator(translator, GERMAN, ENGLISH, num_beams=2, max_new_tokens=MAX_NEW_TOKENS,
+                                  output_dir=tmp_path / "eval")
     reference = evaluate_model(load_model(marian), load_tokenizer(marian), GERMAN, ENGLISH, num_beams=2,
                                max_new_tokens=MAX_NEW_TOKENS, progress=False)
     assert set(reference) | {"engine", "compute_type"} == set(metrics)
@@ -175,11 +174,10 @@ def lstm_dir(model_dir: Path, out: Path) -> Path:
 
 
 def fsmt_dir(out: Path) -> Path:
-    from nmtq.args import ModelArguments
-    from nmtq.models import build_model
+    from nmtq.models import Architecture, build_model
 
-    args = ModelArguments(model_type="fsmt", d_model=16, encoder_layers=1, decoder_layers=1, attention_heads=2,
-                          ffn_dim=32, max_position_embeddings=32)
+    args = Architecture(model_type="fsmt", d_model=16, encoder_layers=1, decoder_layers=1, attention_heads=2,
+                        ffn_dim=32, max_position_embeddings=32)
     build_model(args, vocab_size=10, pad_token_id=9, eos_token_id=0).save_pretrained(out)
     return out
 

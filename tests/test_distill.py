@@ -204,7 +204,8 @@ def test_loaded_and_built_students_quantize_the_same_tensors(teacher_dir):
 def test_sizes_count_only_what_save_pretrained_stores(teacher_dir):
     from safetensors import safe_open
 
-    from nmtq.methods import fp32_size, not_stored
+    from nmtq.methods import fp32_size
+    from nmtq.models import not_stored
 
     teacher = load_model(teacher_dir)
     with safe_open(str(teacher_dir / "model.safetensors"), "pt") as f:

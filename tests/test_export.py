@@ -52,7 +52,7 @@ def stored(path):
 
 
 def test_an_export_loads_into_exactly_the_quantized_student(kind, distilled, tmp_path):
-    from nmtq.methods import not_stored
+    from nmtq.models import not_stored
     from nmtq.tokenizer import load_tokenizer
 
     student_dir, out = distilled(kind), tmp_path / "export"

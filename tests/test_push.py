@@ -13,7 +13,8 @@ from safetensors.torch import save_file
 
 import nmtq.hub
 from nmtq.cli import main
-from nmtq.hub import check_push_to_hub, push_folder
+from nmtq.hub import check_push_to_hub
+from nmtq.push import push_folder
 
 SENTINEL = "hf_SENTINELtokenNEVERshown0123456789"
 HF_API_METHODS = ("create_repo", "create_commit", "upload_folder", "upload_file", "whoami", "preupload_lfs_files",

@@ -119,7 +119,7 @@ def test_bad_arguments_fail_before_anything_is_written(argv, message, tiny_tsv, 
 
 
 def test_tensorboard_is_used_only_when_installed(monkeypatch, tmp_path):
-    monkeypatch.setattr("nmtq.args.tensorboard_available", lambda: False)
+    monkeypatch.setattr("nmtq.runs.tensorboard_available", lambda: False)
     *_, training = parse_train_args(["--output_dir", str(tmp_path)])
     assert training.report_to == []  # "none"
     assert parse_train_args(["--output_dir", str(tmp_path), "--report_to", "none"])[-1].report_to == []

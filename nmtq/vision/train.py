@@ -23,7 +23,6 @@ import torch
 from transformers import Trainer
 
 from .. import files
-from ..args import CpuFriendlyTrainingArguments
 from ..codes import save_codes
 from ..env import environment
 from ..errors import NmtqError
@@ -38,7 +37,7 @@ from ..methods import (
     prepare_quantizer,
 )
 from ..quant import QuantizerConfig
-from ..train import start_run, time_budget
+from ..runs import CpuFriendlyTrainingArguments, start_run, time_budget
 from .data import ImageCollator, ImageData, ImageDataset, ImageSplit, load_image_data, parse_image_spec
 from .models import (
     ARCHITECTURES,
