@@ -24,7 +24,7 @@ For each:
 * target tokens per second of beam search (beam 4, 32 Bible verses in batches of 16, 32 new tokens each, the
   length fixed so that every model makes the same number of tokens), median of ``--repeats``;
 * what on-the-fly decoding costs: milliseconds to decode every packed weight of the model once (median of
-  ``--repeats``), which ``decoded per generate`` pays once per call and ``packed`` pays for the decoder's weights at
+  10), which ``decoded per generate`` pays once per call and ``packed`` pays for the decoder's weights at
   every step.
 
 The fp32 student is the same model with every weight decoded once (:func:`nmtq.hf.decode_weights`): the
@@ -90,9 +90,9 @@ with torch.inference_mode():
         times.append(tokens / (time.perf_counter() - start))
 peak = status("VmHWM")
 packed = [m for m in model.modules() if isinstance(m, PackedTensor)]
-decoding = []  # after the peak: one weight decoded at a time, each dropped before the next
+decoding = []  # after the peak: one weight decoded at a time, each dropped before the next; 10 times (short)
 with torch.inference_mode():
-    for _ in range(repeats if packed else 0):
+    for _ in range(10 if packed else 0):
         start = time.perf_counter()
         for p in packed:
             p.decode()

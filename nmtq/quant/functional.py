@@ -109,7 +109,8 @@ def num_buckets(numel: int, shape: torch.Size | tuple[int, ...], bucket_size: Bu
 
 
 # ---------------------------------------------------------------------------------------------- bucketing
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype quantization computes in for weights of ``dtype``: float32 for half precision, else ``dtype``."""
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
@@ -227,7 +228,7 @@ def quantize_tensor(w: torch.Tensor, bits: int, bucket_size: BucketSize = 256, s
     _check(w, bits, bucket_size, scaling)
     if w.numel() == 0:
         return w.clone()
-    v = bucket_view(w.to(_compute_dtype(w.dtype)), bucket_size)
+    v = bucket_view(w.to(compute_dtype(w.dtype)), bucket_size)
     ranges = bucket_ranges(v, scaling)
     y = _levels(v, ranges, bits, scaling, stochastic, generator)
     return unbucket(_dequantize_levels(y, ranges, bits, scaling), w.shape, w.dtype)
@@ -268,7 +269,7 @@ class QuantizedTensor:
         """The de-quantized tensor; equals :func:`quantize_tensor` (or :func:`quantize_to_points`) exactly."""
         if self.codes.numel() == 0:
             return torch.empty(self.shape, dtype=self.dtype)
-        cdtype = _compute_dtype(self.dtype)
+        cdtype = compute_dtype(self.dtype)
         codes = bucket_view(self.codes, self.bucket_size, pad="zero") if self.bucket_size != "row" else \
             self.codes.reshape(self.ranges.shape[0], -1)
         if self.points is not None:
@@ -297,7 +298,7 @@ def encode_tensor(w: torch.Tensor, bits: int, bucket_size: BucketSize = 256, sca
         ([0, 0, 1], [0.0, 0.0, 1.0])
     """
     _check(w, bits, bucket_size, scaling)
-    v = bucket_view(w.detach().to(_compute_dtype(w.dtype)), bucket_size) if w.numel() else w.reshape(1, 0)
+    v = bucket_view(w.detach().to(compute_dtype(w.dtype)), bucket_size) if w.numel() else w.reshape(1, 0)
     ranges = bucket_ranges(v, scaling) if w.numel() else v.new_zeros(1, 2 if scaling == "linear" else 1)
     y = _levels(v, ranges, bits, scaling, stochastic, generator)
     if scaling == "absmax":
@@ -345,7 +346,7 @@ def encode_to_points(w: torch.Tensor, points: torch.Tensor, bucket_size: BucketS
     if w.numel() == 0:
         return QuantizedTensor(torch.empty(0, dtype=code_dtype(bits)), w.new_zeros(1, 2).float(), bits,
                                bucket_size, "linear", w.shape, w.dtype, points)
-    v = bucket_view(w.detach().to(_compute_dtype(w.dtype)), bucket_size)
+    v = bucket_view(w.detach().to(compute_dtype(w.dtype)), bucket_size)
     ranges = bucket_ranges(v, "linear")
     idx = nearest_point(scaled_to_unit(v, ranges), points)
     codes = idx.reshape(-1)[: w.numel()].to(code_dtype(bits))

@@ -8,14 +8,16 @@ does.
 :func:`pack_module_weight` makes a module read one of its weights from a :class:`PackedTensor`: the parameter is
 removed and the module's class is swapped for a subclass whose attribute of that name decodes on every read. So
 ``nn.Linear``, ``nn.Embedding``, ``nn.Conv2d`` and their subclasses (scaled embeddings) run unchanged, holding
-the packed codes only; the decoded weight lives while the layer runs. A plain ``nn.Embedding`` decodes only the
-rows it looks up.
+the packed codes only; the decoded weight lives while the layer runs.
 
-What decoding costs: a layer decodes its whole weight each time it runs, so a decoder step of a generation pays
-once more for every weight of the decoder and the output projection. Each packed byte is decoded by one table
-lookup (the float value of each of its codes), then each bucket is scaled as ``dequantize`` scales it, about two
-passes over the decoded tensor (``scripts/bench_packed.py`` measures the milliseconds per model and the tokens per
-second). Where speed matters more than memory for a while, :func:`decoded` keeps each weight decoded for a scope:
+What decoding costs: a layer decodes its whole weight each time it runs, so each decoder step of a generation
+decodes the decoder's weights and the output projection again (a plain ``nn.Embedding`` decodes only the rows it
+looks up). Each packed byte is decoded by one table lookup (the values of its codes), then each bucket is scaled
+as ``dequantize`` scales it: a multiply-add and a clip (linear) or a multiply (absmax) over the decoded tensor.
+Each decoded weight is a fresh allocation, whose pages the C allocator may return to the system and fault in
+again at the next step (glibc's ``MALLOC_TRIM_THRESHOLD_`` and ``MALLOC_MMAP_THRESHOLD_`` keep them).
+``scripts/bench_packed.py`` measures the milliseconds per model and the tokens per second against fp32. Where speed
+matters more than memory for a while, :func:`decoded` keeps each weight decoded for a scope:
 ``with decoded(model): model.generate(...)`` decodes each weight once for the whole generation, holds the fp32
 weights while it lasts, and drops them when it ends.
 
@@ -40,8 +42,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from .functional import QuantizedTensor, _compute_dtype, max_code, unit_to_bucket
-from .packing import _unpack, byte_table, gather_rows, pack_codes
+from .functional import QuantizedTensor, compute_dtype, max_code, unit_to_bucket
+from .packing import byte_table, gather_rows, pack_codes, unpack_codes
 
 __all__ = ["PackedTensor", "decoded", "pack_module_weight"]
 
@@ -68,10 +70,10 @@ class PackedTensor(nn.Module):
     def quantized(self) -> QuantizedTensor:
         """The :class:`QuantizedTensor` (codes unpacked, one per weight)."""
         numel = self.shape.numel()
-        stored = _unpack(self.codes, self.bits, self.kept)
+        stored = unpack_codes(self.codes, self.bits, self.kept)
         mask = None
         if self.mask is not None:
-            mask = _unpack(self.mask, 1, numel).bool()
+            mask = unpack_codes(self.mask, 1, numel).bool()
             stored = stored.new_zeros(numel).masked_scatter_(mask, stored)
             mask = mask.reshape(self.shape)
         return QuantizedTensor(stored, self.ranges, self.bits, self.bucket_size, self.scaling, self.shape,
@@ -96,13 +98,13 @@ class PackedTensor(nn.Module):
             return torch.empty(self.shape, dtype=self.dtype, device=self.codes.device)
         buckets = self.ranges.shape[0]
         padded = buckets * self.bucket_size if isinstance(self.bucket_size, int) else numel
-        t = self.codes.new_empty(max(padded, _room(numel, self.bits)), dtype=_compute_dtype(self.dtype))
+        t = self.codes.new_empty(max(padded, _room(numel, self.bits)), dtype=compute_dtype(self.dtype))
         if self.mask is None:
             self._values(self.codes, numel, t)
         else:  # each weight takes the value of the kept code at its rank (a pruned one: any, cleared below)
             kept = t.new_empty(max(_room(self.kept, self.bits), self.kept + 1))
             self._values(self.codes, self.kept, kept)[self.kept :].zero_()  # past the last kept one: a zero
-            keep = _unpack(self.mask, 1, numel)
+            keep = unpack_codes(self.mask, 1, numel)
             ranks = torch.cumsum(keep, 0, dtype=torch.int32 if numel < 2**31 else torch.int64).sub_(keep)
             torch.index_select(kept, 0, ranks, out=t[:numel])
         t[numel:padded].zero_()  # the last bucket's padding: dropped below
@@ -127,7 +129,7 @@ class PackedTensor(nn.Module):
             return None
         ids = index.reshape(-1)
         data = self.codes.view(num_rows, -1).index_select(0, ids).view(-1)
-        t = data.new_empty(ids.numel() * columns, dtype=_compute_dtype(self.dtype))
+        t = data.new_empty(ids.numel() * columns, dtype=compute_dtype(self.dtype))
         self._values(data, t.numel(), t)
         if size is None:
             ranges, t2 = self.ranges, t.view(1, -1)
@@ -168,7 +170,7 @@ class PackedTensor(nn.Module):
         per_byte = 8 // bits if 8 % bits == 0 else 0
         wide = _WIDE.get(per_byte * out.element_size())
         if wide is None:  # 3, 5, 6 and 7 bits, or a byte's values wider than 16 bytes: the codes first
-            return torch.index_select(self._levels(out.dtype, False), 0, _unpack(data, bits, n).int(), out=out[:n])
+            return torch.index_select(self._levels(out.dtype, False), 0, unpack_codes(data, bits, n).int(), out=out[:n])
         gather_rows(self._levels(out.dtype, True), data, out[: data.numel() * per_byte].view(-1, per_byte), wide)
         return out[:n]
 
