@@ -176,7 +176,7 @@ def decode_weights(model: torch.nn.Module) -> torch.nn.Module:
             if isinstance(child, PackedTensor) and name.endswith("_packed"):
                 attr = name.removesuffix("_packed")
                 if id(child) not in decoded:
-                    decoded[id(child)] = torch.nn.Parameter(child(), requires_grad=False)
+                    decoded[id(child)] = torch.nn.Parameter(child.decode(), requires_grad=False)
                 del module._modules[name]
                 module.__class__ = module.__class__.__mro__[1]  # the class it had before it was packed
                 module._parameters[attr] = decoded[id(child)]
