@@ -21,6 +21,7 @@ Apprentice's scheme C (a trained full-precision student fine-tuned at low precis
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -28,15 +29,11 @@ from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer
 
 from . import files
 from .args import DataArguments, NmtTrainingArguments
-from .codes import save_codes
 from .conventions import apply_conventions, resolve_conventions
 from .errors import NmtqError
-from .io import write_json_atomic
-from .losses import TopK, distillation_loss
+from .losses import TopK
 from .methods import (
     MethodArguments,
-    QuantizedTrainingMixin,
-    finish_quantization,
     fp32_size,
     method_callbacks,
     prepare_quantizer,
@@ -67,6 +64,7 @@ from .train import (
     tokenize,
     with_prefix,
 )
+from .trainer import DistillationTrainer, TargetStream, save_and_score
 from .vocab import (
     TrimmedTeacher,
     VocabularyTrim,
@@ -147,57 +145,24 @@ class DistillArguments(MethodArguments):
 DISTILL_ARGUMENT_CLASSES = (DataArguments, DistillArguments, QuantizerConfig, NmtTrainingArguments)
 
 
-class DistillationTrainer(QuantizedTrainingMixin, Seq2SeqTrainer):
-    """``Seq2SeqTrainer`` whose loss is ``alpha T^2 KL(teacher || student) + (1 - alpha) CE`` per target token.
-
-    The teacher is frozen (``eval()``, ``requires_grad_(False)``, ``no_grad``) and placed on the student's device;
-    it may be None when every batch carries cached teacher outputs (``teacher_ids``, ``teacher_log_probs``).
-    Batches from :class:`DistillationCollator` may carry a second target stream (``sequence_*``, sequence-level
-    KD); its loss is weighted by ``sequence_kd`` and the references' by ``1 - sequence_kd``. The quantizer and
-    the alternation of ``dq`` come from :class:`nmtq.methods.QuantizedTrainingMixin`.
-    """
-
-    loss_is_scaled_for_ga = True  # compute_loss divides by num_items_in_batch
-
-    def __init__(self, *args, teacher, alpha: float, temperature: float, sequence_kd: float = 0.0, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.teacher = None if teacher is None else teacher.requires_grad_(False).eval().to(self.args.device)
-        self.alpha, self.temperature, self.sequence_kd = alpha, temperature, sequence_kd
-
-    def _word_level(self, model, inputs: dict, num_items_in_batch):
-        labels, cached = inputs.pop("labels"), _pop_top_k(inputs)
-        outputs = model(**inputs)
-        if self.alpha == 0:
-            teacher = outputs.logits.detach()  # unused at alpha = 0: skip the teacher's forward pass
-        elif cached is not None:
-            teacher = cached
-        elif self.teacher is None:
-            raise NmtqError("this batch has no cached teacher outputs and the trainer has no teacher")
-        else:
-            with torch.no_grad():
-                teacher = self.check_teacher_logits(self.teacher(**inputs).logits)
-        loss = distillation_loss(outputs.logits, teacher, labels, self.alpha, self.temperature,
-                                 num_items_in_batch=num_items_in_batch)
-        return loss, outputs, labels
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        inputs = dict(inputs)
-        sequence = {k.removeprefix("sequence_"): inputs.pop(k) for k in list(inputs) if k.startswith("sequence_")}
-        loss, outputs, labels = self._word_level(model, inputs, num_items_in_batch)
-        if sequence:  # interpolated sequence-level KD: the same sources, the teacher's translations as targets
-            source = {k: inputs[k] for k in ("input_ids", "attention_mask") if k in inputs}
-            sequence_loss, _, _ = self._word_level(model, {**source, **sequence}, None)
-            # the mean over this batch's translation tokens, weighted like the references by this batch's share
-            share = 1.0 if num_items_in_batch is None else (labels != -100).sum() / num_items_in_batch
-            loss = (1 - self.sequence_kd) * loss + self.sequence_kd * sequence_loss * share
-        loss = self.finish_loss(loss, num_items_in_batch)
-        return (loss, outputs) if return_outputs else loss
+def translation_streams(batch: dict, sequence_kd: float = 0.0) -> list[TargetStream]:
+    """A batch of :class:`DistillationCollator` as the trainer's target streams: the references, with the teacher's
+    cached top-k where the batch carries it (``teacher_ids``, ``teacher_log_probs``), then, for interpolated
+    sequence-level KD (``sequence_*``), the teacher's translations of the same sources, weighted ``sequence_kd``
+    and the references ``1 - sequence_kd``."""
+    sequence = {k.removeprefix("sequence_"): batch.pop(k) for k in list(batch) if k.startswith("sequence_")}
+    references = _stream(batch)
+    if not sequence:
+        return [references]
+    source = {k: batch[k] for k in ("input_ids", "attention_mask") if k in batch}
+    references.weight = 1 - sequence_kd
+    return [references, _stream({**source, **sequence}, sequence_kd)]
 
 
-def _pop_top_k(inputs: dict) -> TopK | None:
-    if "teacher_ids" not in inputs:
-        return None
-    return TopK(inputs.pop("teacher_ids"), inputs.pop("teacher_log_probs"))
+def _stream(inputs: dict, weight: float = 1.0) -> TargetStream:
+    labels = inputs.pop("labels")
+    top_k = TopK(inputs.pop("teacher_ids"), inputs.pop("teacher_log_probs")) if "teacher_ids" in inputs else None
+    return TargetStream(inputs, labels, top_k, weight)
 
 
 class DistillationCollator:
@@ -424,12 +389,15 @@ def remap_columns(train_set, trim: VocabularyTrim):
 def _train(student, teacher, tokenizer, train_set, top_k, quantizer, distill_args, training_args, checkpoint, log):
     callbacks = time_budget(training_args) + method_callbacks(quantizer, distill_args, checkpoint, log)
     training_args.remove_unused_columns = False  # the collator reads example_id and teacher_labels
+    if training_args.generation_config is not None:  # as Seq2SeqTrainer does: the saved student decodes with it
+        student.generation_config = Seq2SeqTrainer.load_generation_config(training_args.generation_config)
+    sequence_kd = distill_args.sequence_kd if "teacher_labels" in train_set.column_names else 0.0
     trainer = DistillationTrainer(
         model=student, args=training_args, train_dataset=train_set,
         data_collator=DistillationCollator(tokenizer, student, top_k), processing_class=tokenizer,
         callbacks=callbacks, teacher=teacher, alpha=distill_args.effective_alpha,
         temperature=distill_args.temperature, quantizer=quantizer,
-        sequence_kd=distill_args.sequence_kd if "teacher_labels" in train_set.column_names else 0.0,
+        target_streams=partial(translation_streams, sequence_kd=sequence_kd),
         alternate_every=distill_args.alternate_every,
     )
     trainer.train(resume_from_checkpoint=checkpoint)
@@ -440,28 +408,20 @@ def _finish(student, tokenizer, quantizer, teacher_size: SizeReport, test_set, d
             log, trim: VocabularyTrim | None = None, vocabulary: dict | None = None,
             card_teacher: str | None = None) -> dict:
     """Quantize for real, measure the size, save the student (weights = decoded codes) and score it."""
-    student = student.module if hasattr(student, "module") else student
     enable_generation_cache(student)
-    finished = finish_quantization(student, quantizer)
-    metrics: dict = {}
-    if training_args.process_index == 0:
-        output_dir = Path(training_args.output_dir)
-        student.save_pretrained(output_dir)
+
+    def save_beside(output_dir: Path) -> None:
         tokenizer.save_pretrained(output_dir)
         if trim is not None:
             save_trim(trim, output_dir / files.TRIMMED_VOCABULARY)
-        if finished.quantization is not None:
-            write_json_atomic(output_dir / files.QUANTIZATION, finished.quantization)
-            save_codes(finished.codes, output_dir / files.CODES)  # the exact integer codes behind the saved weights
-        metrics = score_test_split(student, tokenizer, test_set, data_args, training_args, log)
+
+    def score(model, size: dict) -> dict:
+        metrics = score_test_split(model, tokenizer, test_set, data_args, training_args, log)
         metrics.update(teacher=distill_args.teacher, teacher_card=card_teacher, data=data_args.spec("train"),
-                       method=distill_args.method,
-                       **finished.metrics(teacher_size),
-                       **dict(zip(("encoder_layers", "decoder_layers"), depth(student.config))),
+                       method=distill_args.method, **size,
+                       **dict(zip(("encoder_layers", "decoder_layers"), depth(model.config))),
                        sequence_kd=distill_args.sequence_kd, teacher_top_k=distill_args.teacher_top_k,
                        alternate_every=distill_args.alternate_every, **({"vocabulary": vocabulary} if trim else {}))
-        write_json_atomic(files.metrics_file(output_dir), metrics)
-        log(finished.summary(teacher_size))
-    training_args.distributed_state.wait_for_everyone()
-    return metrics
+        return metrics
 
+    return save_and_score(student, quantizer, training_args, score, log, teacher_size, save_beside)

@@ -13,7 +13,7 @@ from transformers import DataCollatorForSeq2Seq
 from nmtq.args import parse_train_args
 from nmtq.checkpoints import last_complete_checkpoint
 from nmtq.cli import main
-from nmtq.distill import DISTILL_ARGUMENT_CLASSES, DistillationTrainer
+from nmtq.distill import DISTILL_ARGUMENT_CLASSES, DistillationTrainer, translation_streams
 from nmtq.models import load_model
 from nmtq.quant import Quantizer, quantize_tensor
 from nmtq.student import make_student, spread_layers
@@ -67,7 +67,7 @@ def trainer_for(teacher_dir, corpus, tmp_path, student, quantizer=None, alpha=0.
     trainer = DistillationTrainer(model=student, args=training, train_dataset=rows,
                                   data_collator=DataCollatorForSeq2Seq(tokenizer, model=student),
                                   processing_class=tokenizer, teacher=load_model(teacher_dir), alpha=alpha,
-                                  temperature=2.0, quantizer=quantizer)
+                                  temperature=2.0, quantizer=quantizer, target_streams=translation_streams)
     return trainer, trainer.data_collator(rows[:4])
 
 

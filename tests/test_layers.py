@@ -25,8 +25,8 @@ LAYERS: dict[int, tuple[str, ...]] = {
         "nmtq.tokenizer", "nmtq.vocab", "nmtq.models", "nmtq.lstm", "nmtq.student", "nmtq.decoding", "nmtq.exported",
         "nmtq.vision", "nmtq.vision.data", "nmtq.vision.models"),
     # 4. training: the recipe arguments, the shared run helpers, the trainers, the methods, the teacher cache
-    4: ("nmtq.args", "nmtq.runs", "nmtq.train", "nmtq.methods", "nmtq.teacher_cache", "nmtq.distill",
-        "nmtq.vision.train"),
+    4: ("nmtq.args", "nmtq.runs", "nmtq.train", "nmtq.methods", "nmtq.trainer", "nmtq.teacher_cache",
+        "nmtq.distill", "nmtq.vision.train"),
     # 5. evaluation: the Translator interface, its transformers and CTranslate2 engines, and the scores; the
     #    CTranslate2 conversion sits with its translator, which converts a model folder on the fly
     5: ("nmtq.translators", "nmtq.ct2", "nmtq.evaluation"),

@@ -17,27 +17,15 @@ the ``environment`` they were measured in: :mod:`nmtq.env`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
-from transformers import Trainer
 
-from .. import files
-from ..codes import save_codes
 from ..env import environment
 from ..errors import NmtqError
-from ..io import write_json_atomic
-from ..losses import distillation_loss
-from ..methods import (
-    MethodArguments,
-    QuantizedTrainingMixin,
-    finish_quantization,
-    fp32_size,
-    method_callbacks,
-    prepare_quantizer,
-)
+from ..methods import MethodArguments, fp32_size, method_callbacks, prepare_quantizer
 from ..quant import QuantizerConfig
 from ..runs import CpuFriendlyTrainingArguments, start_run, time_budget
+from ..trainer import DistillationTrainer, save_and_score
 from .data import ImageCollator, ImageData, ImageDataset, ImageSplit, load_image_data, parse_image_spec
 from .models import (
     ARCHITECTURES,
@@ -118,34 +106,6 @@ IMAGE_ARGUMENT_CLASSES = (ImageDataArguments, ImageModelArguments, ImageDistillA
                           ImageTrainingArguments)
 
 
-class ImageDistillationTrainer(QuantizedTrainingMixin, Trainer):
-    """``Trainer`` whose loss is ``alpha T^2 KL(teacher || student) + (1 - alpha) CE`` per image.
-
-    The teacher is frozen and placed on the student's device; the quantizer and the alternation of ``dq`` come
-    from :class:`nmtq.methods.QuantizedTrainingMixin`, the loss from :func:`nmtq.losses.distillation_loss`.
-    """
-
-    loss_is_scaled_for_ga = True  # compute_loss divides by num_items_in_batch
-
-    def __init__(self, *args, teacher, alpha: float, temperature: float, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.teacher = None if teacher is None else teacher.requires_grad_(False).eval().to(self.args.device)
-        self.alpha, self.temperature = alpha, temperature
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        labels, pixel_values = inputs["labels"], inputs["pixel_values"]
-        outputs = model(pixel_values=pixel_values)
-        if self.alpha == 0:
-            teacher_logits = outputs.logits.detach()  # unused at alpha = 0
-        else:
-            with torch.no_grad():
-                teacher_logits = self.check_teacher_logits(self.teacher(pixel_values=pixel_values).logits)
-        loss = distillation_loss(outputs.logits, teacher_logits, labels, self.alpha, self.temperature,
-                                 num_items_in_batch=num_items_in_batch)
-        loss = self.finish_loss(loss, num_items_in_batch)
-        return (loss, outputs) if return_outputs else loss
-
-
 def check_compatible(config, data: ImageData, what: str) -> None:
     """A model's config (its classes and channels) must fit the data's."""
     if config.num_labels != data.num_labels or getattr(config, "num_channels", data.num_channels) != data.num_channels:
@@ -208,7 +168,7 @@ def distill_images(data_args: ImageDataArguments, model_args: ImageModelArgument
     quantizer = prepare_quantizer(student, method_args, quant_config, log, teacher, train_set, ImageCollator())
     if method_args.method != "ptq":
         callbacks = time_budget(training_args) + method_callbacks(quantizer, method_args, checkpoint, log)
-        trainer = ImageDistillationTrainer(
+        trainer = DistillationTrainer(
             model=student, args=training_args, train_dataset=train_set, data_collator=collator, callbacks=callbacks,
             eval_dataset=ImageDataset(data.validation) if len(data.validation) else None,
             compute_metrics=accuracy_metric,
@@ -216,29 +176,19 @@ def distill_images(data_args: ImageDataArguments, model_args: ImageModelArgument
             quantizer=quantizer, alternate_every=method_args.alternate_every)
         trainer.train(resume_from_checkpoint=checkpoint)
         training_args.distributed_state.wait_for_everyone()
-    return _finish(student, quantizer, teacher, data, method_args, quant_config, training_args, log)
+    return _finish(student, quantizer, teacher, data, method_args, training_args, log)
 
 
 def _finish(student, quantizer, teacher, data: ImageData, method_args: ImageDistillArguments,
-            quant_config: QuantizerConfig, training_args: ImageTrainingArguments, log) -> dict:
+            training_args: ImageTrainingArguments, log) -> dict:
     """Quantize for real, save the model (weights = decoded codes) and its codes, and score the test split."""
-    student = student.module if hasattr(student, "module") else student
-    finished = finish_quantization(student, quantizer)
-    teacher_size = fp32_size(teacher) if teacher is not None else fp32_size(student)
-    metrics: dict = {}
-    if training_args.process_index == 0:
-        output_dir = Path(training_args.output_dir)
-        student.save_pretrained(output_dir)
-        if finished.quantization is not None:
-            write_json_atomic(output_dir / files.QUANTIZATION, finished.quantization)
-            save_codes(finished.codes, output_dir / files.CODES)  # the exact integer codes behind the saved weights
-        config = student.config
-        metrics = {**evaluate_split(student, data.test), "data": data.spec, "method": method_args.method,
-                   "teacher": method_args.teacher, **finished.metrics(teacher_size),
-                   "architecture": config.architecture, "depth": config.depth, "widen_factor": config.widen_factor,
-                   "parameters": sum(p.numel() for p in student.parameters()), "environment": environment()}
-        write_json_atomic(files.metrics_file(output_dir), metrics)
-        log(f"test accuracy {metrics['accuracy']:.2f}% on {metrics['examples']:,} images; "
-            + finished.summary(teacher_size))
-    training_args.distributed_state.wait_for_everyone()
-    return metrics
+    def score(model, size: dict) -> dict:
+        config = model.config
+        return {**evaluate_split(model, data.test), "data": data.spec, "method": method_args.method,
+                "teacher": method_args.teacher, **size,
+                "architecture": config.architecture, "depth": config.depth, "widen_factor": config.widen_factor,
+                "parameters": sum(p.numel() for p in model.parameters()), "environment": environment()}
+
+    return save_and_score(student, quantizer, training_args, score, log,
+                          fp32_size(teacher) if teacher is not None else None,
+                          headline=lambda m: f"test accuracy {m['accuracy']:.2f}% on {m['examples']:,} images; ")

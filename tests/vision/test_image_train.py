@@ -10,6 +10,7 @@ import torch
 from transformers import AutoModelForImageClassification
 
 import nmtq.losses
+import nmtq.trainer
 import nmtq.vision.train as vision_train
 from nmtq.cli import main
 from nmtq.codes import read_codes
@@ -83,8 +84,8 @@ def test_kd_student_round_trips_through_the_auto_classes(kd):
     assert model.config.image_mean is not None and not list(kd.glob("*.bin"))
 
 
-def test_both_trainers_share_one_loss_and_one_quantized_training_mixin(teacher, tmp_path, monkeypatch):
-    assert issubclass(vision_train.ImageDistillationTrainer, QuantizedTrainingMixin)
+def test_both_tasks_share_one_trainer_one_loss_and_one_quantized_training_mixin(teacher, tmp_path, monkeypatch):
+    assert vision_train.DistillationTrainer is DistillationTrainer is nmtq.trainer.DistillationTrainer
     assert issubclass(DistillationTrainer, QuantizedTrainingMixin)
     calls = []
 
@@ -92,12 +93,13 @@ def test_both_trainers_share_one_loss_and_one_quantized_training_mixin(teacher, 
         calls.append(args[3])  # alpha
         return nmtq.losses.distillation_loss(*args, **kwargs)
 
-    monkeypatch.setattr(vision_train, "distillation_loss", spy)
+    monkeypatch.setattr(nmtq.trainer, "distillation_loss", spy)
     run(tmp_path / "qd", "--method", "qd", "--teacher", str(teacher), "--max_steps", "2", "--alpha", "0.4")
     assert calls == [0.4, 0.4]
     package = Path(nmtq.losses.__file__).parent  # one implementation of each in the whole package
     sources = [p.read_text() for p in package.rglob("*.py")]
     assert sum(s.count("def distillation_loss(") for s in sources) == 1
+    assert sum(s.count("def compute_loss(") for s in sources) == 1  # one distillation trainer
     assert sum(s.count("class Quantizer:") + s.count("class Quantizer(") for s in sources) == 1
 
 
