@@ -65,9 +65,11 @@ def _require_ctranslate2():
 
 def _model_type(model_dir: Path) -> str:
     """The ``model_type`` of ``model_dir/config.json``; a clear error for what CTranslate2 cannot run."""
+    from .lstm import is_lstm_model_type
+
     check_model_dir(model_dir)
     model_type = json.loads((model_dir / files.CONFIG).read_text(encoding="utf-8")).get("model_type")
-    if model_type == "nmtq-lstm":
+    if is_lstm_model_type(model_type):
         raise NmtqError(f"{model_dir} holds nmtq's LSTM student, which CTranslate2 cannot run (it runs "
                          "Transformers): distill a Transformer student (--student_type transformer) to use it")
     if model_type not in SUPPORTED_MODEL_TYPES:

@@ -155,15 +155,17 @@ def export_model(model_dir: str | os.PathLike, out_dir: str | os.PathLike, huffm
 
 
 def _dequantized_note(model) -> str:
+    from .lstm import is_lstm_model_type
+
     if is_image_model(model.config.model_type):
         return (f"`{files.DEQUANTIZED_DIR}/` is a plain transformers checkpoint of the decoded weights at full width: "
                 "`AutoModelForImageClassification.from_pretrained` loads it after `import nmtq.vision.models`, "
                 "which registers the CIFAR ResNets.")
     note = (f"`{files.DEQUANTIZED_DIR}/` is a plain transformers checkpoint of the decoded weights at full width "
             "(larger than the packed codes): `AutoModelForSeq2SeqLM.from_pretrained` loads it")
-    if model.config.model_type == "nmtq-lstm":
-        return (f"{note} only after `import nmtq.lstm`, which registers the nmtq LSTM (model_type nmtq-lstm); "
-                "transformers alone cannot.")
+    if is_lstm_model_type(model.config.model_type):
+        return (f"{note} only after `import nmtq.lstm`, which registers the nmtq LSTM (model_type "
+                f"{model.config.model_type}); transformers alone cannot.")
     return f"{note} without nmtq."
 
 

@@ -8,7 +8,8 @@ the embedding. There is no input feeding, so training runs the decoder LSTM over
 ``generate`` (greedy, sampling, beam search) decodes incrementally: the decoder's recurrent state travels between
 steps as an ``LstmCache``, a transformers ``Cache`` that beam search reorders with ``reorder_cache``.
 
-Importing this module registers ``nmtq-lstm`` with ``AutoConfig`` and ``AutoModelForSeq2SeqLM``.
+Importing this module registers ``nmtq_lstm`` with ``AutoConfig`` and ``AutoModelForSeq2SeqLM``. Folders saved with
+the earlier spelling ``nmtq-lstm`` load too (as ``nmtq_lstm``, which is what they are saved back as).
 
 Example:
     >>> import torch
@@ -37,7 +38,7 @@ from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 
 from .errors import NmtqError
 
-__all__ = ["LstmCache", "LstmForConditionalGeneration", "LstmSeq2SeqConfig", "register"]
+__all__ = ["LstmCache", "LstmForConditionalGeneration", "LstmSeq2SeqConfig", "is_lstm_model_type", "register"]
 
 ATTENTION_TYPES = ("general", "dot")
 
@@ -58,7 +59,7 @@ class LstmSeq2SeqConfig(PreTrainedConfig):
         (99, 99, 0, True)
     """
 
-    model_type = "nmtq-lstm"
+    model_type = "nmtq_lstm"
     # the cache field of the outputs, which the Trainer's evaluation drops (named past_key_values before 5.24)
     keys_to_ignore_at_inference = ["cache", "past_key_values"]
 
@@ -397,15 +398,41 @@ class LstmForConditionalGeneration(PreTrainedModel, GenerationMixin):
 OUTPUT_CACHE_FIELD = "cache" if "cache" in {field.name for field in fields(Seq2SeqLMOutput)} else "past_key_values"
 
 
+LEGACY_MODEL_TYPE = "nmtq-lstm"  # the spelling before issue #16; folders saved with it still load
+
+
+class _LegacyLstmSeq2SeqConfig(LstmSeq2SeqConfig):
+    """What ``AutoConfig`` finds for a ``config.json`` of ``model_type`` ``nmtq-lstm``: reading one gives the
+    :class:`LstmSeq2SeqConfig` it describes, so the folder loads, and saves back, as ``nmtq_lstm``."""
+
+    model_type = LEGACY_MODEL_TYPE
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any):
+        return LstmSeq2SeqConfig.from_dict({**config_dict, "model_type": LstmSeq2SeqConfig.model_type}, **kwargs)
+
+
+def is_lstm_model_type(model_type: str | None) -> bool:
+    """Whether a ``config.json``'s ``model_type`` is nmtq's LSTM student, in either spelling.
+
+    Example:
+        >>> is_lstm_model_type("nmtq_lstm"), is_lstm_model_type("nmtq-lstm"), is_lstm_model_type("marian")
+        (True, True, False)
+    """
+    return model_type in (LstmSeq2SeqConfig.model_type, LEGACY_MODEL_TYPE)
+
+
 def register() -> None:
-    """Make ``AutoConfig`` and ``AutoModelForSeq2SeqLM`` resolve ``nmtq-lstm``; calling it again is harmless.
+    """Make ``AutoConfig`` and ``AutoModelForSeq2SeqLM`` resolve ``nmtq_lstm`` (and the earlier ``nmtq-lstm``);
+    calling it again is harmless.
 
     Example:
         >>> register()
-        >>> type(AutoConfig.for_model("nmtq-lstm", vocab_size=10)).__name__
+        >>> type(AutoConfig.for_model("nmtq_lstm", vocab_size=10)).__name__
         'LstmSeq2SeqConfig'
     """
     AutoConfig.register(LstmSeq2SeqConfig.model_type, LstmSeq2SeqConfig, exist_ok=True)
+    AutoConfig.register(LEGACY_MODEL_TYPE, _LegacyLstmSeq2SeqConfig, exist_ok=True)
     AutoModelForSeq2SeqLM.register(LstmSeq2SeqConfig, LstmForConditionalGeneration, exist_ok=True)
 
 

@@ -257,7 +257,7 @@ def allocate_bits_by_gradient(quantizer: Quantizer, student, teacher, batches, m
         with torch.no_grad():
             teacher_logits = teacher(**batch).logits
         distillation_loss(student(**batch).logits, teacher_logits, labels, alpha, temperature).backward()
-    bits = quantizer.allocate_bits(mean_bits, max_bits=8)
+    bits = quantizer.set_bits_by_gradient_norm(mean_bits, max_bits=8)
     student.zero_grad(set_to_none=True)
     return bits
 

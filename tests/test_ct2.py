@@ -173,6 +173,13 @@ def lstm_dir(model_dir: Path, out: Path) -> Path:
     return out
 
 
+def old_spelling(model_dir: Path) -> Path:
+    """The folder as nmtq wrote an LSTM student before issue #16: model_type nmtq-lstm."""
+    config = json.loads((model_dir / "config.json").read_text())
+    (model_dir / "config.json").write_text(json.dumps({**config, "model_type": "nmtq-lstm"}))
+    return model_dir
+
+
 def fsmt_dir(out: Path) -> Path:
     from nmtq.models import Architecture, build_model
 
@@ -193,11 +200,12 @@ def wider_embeddings(model_dir: Path, out: Path) -> Path:
 @pytest.mark.parametrize("make, message", [
     (lambda marian, tmp: tmp / "missing", "does not exist"),
     (lambda marian, tmp: lstm_dir(marian, tmp / "lstm"), "LSTM student, which CTranslate2 cannot run"),
+    (lambda marian, tmp: old_spelling(lstm_dir(marian, tmp / "lstm")), "LSTM student, which CTranslate2 cannot run"),
     (lambda marian, tmp: fsmt_dir(tmp / "fsmt"),
      "'fsmt' model; nmtq converts ('marian', 'bart', 'mbart', 'm2m_100', 't5', 'mt5') to CTranslate2 (its "
      "Transformers converter has no FSMT mapping)"),
     (lambda marian, tmp: wider_embeddings(marian, tmp / "wide"), "do not number the model's"),
-], ids=["missing", "lstm", "fsmt", "vocabulary"])
+], ids=["missing", "lstm", "lstm-old-spelling", "fsmt", "vocabulary"])
 def test_models_it_cannot_convert(make, message, marian, tmp_path):
     out = tmp_path / "ct2"
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):

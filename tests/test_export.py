@@ -152,7 +152,7 @@ def test_dequantized_checkpoint_loads_with_transformers_alone(distilled, tmp_pat
     assert main(["export", str(distilled("lstm")), str(lstm), "--dequantize"]) == 0
     assert "only after `import nmtq.lstm`" in capsys.readouterr().out
     assert "only after `import nmtq.lstm`" in (lstm / "README.md").read_text()
-    assert load_model(lstm / "dequantized").config.model_type == "nmtq-lstm"
+    assert load_model(lstm / "dequantized").config.model_type == "nmtq_lstm"
 
 
 def test_model_card_metadata_parses_with_huggingface_hub(distilled, tmp_path):

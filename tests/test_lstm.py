@@ -248,6 +248,29 @@ def test_save_pretrained_round_trips_through_auto_classes(tmp_path, tie_word_emb
     assert torch.equal(model.generate(**settings_), loaded.generate(**settings_))
 
 
+def test_a_folder_saved_with_the_old_model_type_spelling_loads_and_saves_back_new(tmp_path):
+    import json
+
+    from nmtq.models import load_model
+
+    model = tiny_model()
+    model.save_pretrained(tmp_path / "old")
+    config_file = tmp_path / "old" / "config.json"
+    config = json.loads(config_file.read_text())
+    assert config["model_type"] == "nmtq_lstm"
+    config_file.write_text(json.dumps({**config, "model_type": "nmtq-lstm"}))  # as nmtq wrote it before issue #16
+    input_ids, attention_mask = pad_batch([[3, 4, 5], [6]])
+    with torch.no_grad():
+        expected = model(input_ids=input_ids, attention_mask=attention_mask, labels=torch.tensor([[7, 8]] * 2)).logits
+    for loaded in (AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "old"), load_model(tmp_path / "old")):
+        assert type(loaded) is LstmForConditionalGeneration and loaded.config.model_type == "nmtq_lstm"
+        with torch.no_grad():
+            assert torch.equal(loaded.eval()(input_ids=input_ids, attention_mask=attention_mask,
+                                             labels=torch.tensor([[7, 8]] * 2)).logits, expected)
+    loaded.save_pretrained(tmp_path / "new")
+    assert json.loads((tmp_path / "new" / "config.json").read_text())["model_type"] == "nmtq_lstm"
+
+
 def test_config_defaults_follow_the_tokenizer_layout():
     config = LstmSeq2SeqConfig(vocab_size=60)
     assert (config.pad_token_id, config.eos_token_id, config.decoder_start_token_id) == (59, 0, 59)

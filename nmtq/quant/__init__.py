@@ -7,7 +7,7 @@ Example:
     [0.0, 0.0, 1.0]
 """
 
-from .autograd import allocate_bits, fake_quantize, init_points, quantize_with_points
+from .autograd import bits_by_gradient_norm, fake_quantize, fake_quantize_to_points, init_points
 from .config import QuantizerConfig
 from .functional import QuantizedTensor, encode_tensor, encode_to_points, quantize_tensor, quantize_to_points
 from .huffman import HuffmanStats, huffman_code_lengths, huffman_stats
@@ -23,17 +23,17 @@ __all__ = [
     "QuantizerConfig",
     "SizeReport",
     "TensorSize",
-    "allocate_bits",
+    "bits_by_gradient_norm",
     "encode_tensor",
     "encode_to_points",
     "fake_quantize",
+    "fake_quantize_to_points",
     "huffman_code_lengths",
     "huffman_stats",
     "init_points",
     "magnitude_mask",
     "quantize_tensor",
     "quantize_to_points",
-    "quantize_with_points",
     "select_parameters",
     "size_report",
     "sparsity_at",

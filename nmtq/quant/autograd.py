@@ -2,9 +2,11 @@
 
 * :func:`fake_quantize` is Polino et al.'s *quantized distillation* step (Algorithm 1): the forward pass uses
   Q(w) while the full-precision ``w`` receives the gradient unchanged (straight-through estimator).
-* :func:`quantize_with_points` is *differentiable quantization*: the forward pass maps each weight to the
-  nearest learnable point, and the gradient of point ``p_j`` is the sum of dL/dQ(w_i) over the weights
-  mapped to it, times their bucket's scale (max - min), since Q(w_i) = min + p_j * (max - min).
+* :func:`fake_quantize_to_points` is *differentiable quantization*, the differentiable twin of
+  :func:`~nmtq.quant.functional.quantize_to_points` (as :func:`fake_quantize` is of ``quantize_tensor``): the
+  forward pass maps each weight to the nearest learnable point, and the gradient of point ``p_j`` is the sum of
+  dL/dQ(w_i) over the weights mapped to it, times their bucket's scale (max - min), since
+  Q(w_i) = min + p_j * (max - min).
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ def fake_quantize_activations(x: torch.Tensor, bits: int = 8) -> torch.Tensor:
     return fake_quantize(flat, bits, "row", "absmax").reshape(x.shape)
 
 
-class _PointQuantize(torch.autograd.Function):
+class _FakeQuantizeToPoints(torch.autograd.Function):
     @staticmethod
     def forward(ctx, w: torch.Tensor, points: torch.Tensor, bucket_size: BucketSize) -> torch.Tensor:
         v = bucket_view(w.detach().float(), bucket_size)
@@ -90,26 +92,27 @@ class _PointQuantize(torch.autograd.Function):
         return (grad if ctx.needs_input_grad[0] else None), grad_points, None
 
 
-def quantize_with_points(w: torch.Tensor, points: torch.Tensor, bucket_size: BucketSize = 256) -> torch.Tensor:
-    """Quantize ``w`` onto learnable sorted ``points`` in [0, 1]; differentiable in ``points``.
+def fake_quantize_to_points(w: torch.Tensor, points: torch.Tensor, bucket_size: BucketSize = 256) -> torch.Tensor:
+    """Quantize ``w`` onto learnable sorted ``points`` in [0, 1]; differentiable in ``points``. The forward value is
+    :func:`~nmtq.quant.functional.quantize_to_points`'s, which has no gradient.
 
     ``w`` gets the straight-through gradient; ``points`` gets, for each point, the sum over the weights
     mapped to it of the upstream gradient times the bucket's scale (a vectorised ``bincount``).
 
     Example:
         >>> points = torch.tensor([0.0, 0.5, 1.0], requires_grad=True)
-        >>> quantize_with_points(torch.tensor([0.0, 0.4, 2.0]), points, None).sum().backward()
+        >>> fake_quantize_to_points(torch.tensor([0.0, 0.4, 2.0]), points, None).sum().backward()
         >>> points.grad.tolist()
         [4.0, 0.0, 2.0]
     """
     check_bucket_size(bucket_size)
     check_points(points)
-    return _PointQuantize.apply(w, points, bucket_size)
+    return _FakeQuantizeToPoints.apply(w, points, bucket_size)
 
 
 def init_points(w: torch.Tensor, num_points: int, bucket_size: BucketSize = 256,
                 method: str = "quantile", max_samples: int = 2**22) -> torch.Tensor:
-    """Initial sorted points in [0, 1] for :func:`quantize_with_points`.
+    """Initial sorted points in [0, 1] for :func:`fake_quantize_to_points`.
 
     ``"uniform"`` spaces them evenly (the uniform quantizer's levels); ``"quantile"`` puts them at evenly
     spaced quantiles of the bucket-scaled weights, so each point starts with a similar share of weights.
@@ -135,8 +138,8 @@ def init_points(w: torch.Tensor, num_points: int, bucket_size: BucketSize = 256,
     return values[(probs * (values.numel() - 1)).round().long()].contiguous()
 
 
-def allocate_bits(grad_norms: list[float], numels: list[int], mean_bits: float, min_bits: int = 1,
-                  max_bits: int = 8) -> list[int]:
+def bits_by_gradient_norm(grad_norms: list[float], numels: list[int], mean_bits: float, min_bits: int = 1,
+                          max_bits: int = 8) -> list[int]:
     """Spread a bit budget over tensors in proportion to their gradient norm (Polino et al., Sec. 3).
 
     Finds bits ``b_i`` close to ``c * g_i``, clamped to [min_bits, max_bits], with
@@ -145,7 +148,7 @@ def allocate_bits(grad_norms: list[float], numels: list[int], mean_bits: float, 
     ``c`` is found by bisection, since the clamped spend grows monotonically with it.
 
     Example:
-        >>> allocate_bits([1.0, 2.0, 1.0], [100, 100, 200], mean_bits=4)
+        >>> bits_by_gradient_norm([1.0, 2.0, 1.0], [100, 100, 200], mean_bits=4)
         [3, 7, 3]
     """
     if len(grad_norms) != len(numels) or not numels:

@@ -31,7 +31,13 @@ from collections.abc import Iterable, Iterator, Mapping
 import torch
 from torch import nn
 
-from .autograd import allocate_bits, fake_quantize, fake_quantize_activations, init_points, quantize_with_points
+from .autograd import (
+    bits_by_gradient_norm,
+    fake_quantize,
+    fake_quantize_activations,
+    fake_quantize_to_points,
+    init_points,
+)
 from .config import QuantizerConfig
 from .functional import QuantizedTensor, check_weights, encode_tensor, encode_to_points
 from .prune import as_mask, magnitude_mask
@@ -171,7 +177,7 @@ class Quantizer:
         # Q(w * m) * m: pruned weights are exactly 0 and, through torch.where, get no gradient
         w = e.param if mask is None else torch.where(mask, e.param, 0.0)
         if e.points is not None:
-            q = quantize_with_points(w, e.points, self.config.bucket_size)
+            q = fake_quantize_to_points(w, e.points, self.config.bucket_size)
         else:
             q = fake_quantize(w, e.bits, self.config.bucket_size, self.config.scaling, stochastic)
         if mask is not None:
@@ -257,14 +263,15 @@ class Quantizer:
         return optimizer.register_step_post_hook(lambda *_: self.sort_points_())
 
     def gradient_norms(self) -> dict[str, float]:
-        """L2 norm of each quantized weight's gradient (after a backward pass), for :meth:`allocate_bits`."""
+        """L2 norm of each quantized weight's gradient after a backward pass (what
+        :meth:`set_bits_by_gradient_norm` reads)."""
         missing = [e.name for e in self.params if e.param.grad is None]
         if missing:
             raise ValueError(f"no gradient for {missing[:3]}: run loss.backward() before gradient_norms()")
         return {e.name: float(e.param.grad.norm()) for e in self.params}
 
-    def allocate_bits(self, mean_bits: float, grad_norms: Mapping[str, float] | None = None,
-                      min_bits: int = 1, max_bits: int = 8) -> dict[str, int]:
+    def set_bits_by_gradient_norm(self, mean_bits: float, grad_norms: Mapping[str, float] | None = None,
+                                  min_bits: int = 1, max_bits: int = 8) -> dict[str, int]:
         """Give each tensor bits in proportion to its gradient norm under a mean of ``mean_bits`` per weight.
 
         With learned points, each tensor gets ``2**bits`` freshly initialised points: build the optimizer after.
@@ -273,8 +280,8 @@ class Quantizer:
         unknown = set(norms) - {e.name for e in self.params}
         if unknown or len(norms) != len(self.params):
             raise ValueError(f"grad_norms must name every quantized parameter once; unexpected: {sorted(unknown)}")
-        bits = allocate_bits([norms[e.name] for e in self.params], [e.param.numel() for e in self.params],
-                             mean_bits, max(min_bits, 2 if self.config.scaling == "absmax" else 1), max_bits)
+        bits = bits_by_gradient_norm([norms[e.name] for e in self.params], [e.param.numel() for e in self.params],
+                                     mean_bits, max(min_bits, 2 if self.config.scaling == "absmax" else 1), max_bits)
         for e, b in zip(self.params, bits):
             e.bits = b
             if e.points is not None:

@@ -12,7 +12,7 @@ Importing this module registers ``nmtq_cifar_resnet`` with ``AutoConfig`` and ``
 
 Example:
     >>> import torch
-    >>> model = build_model(depth=8, num_channels=1, num_labels=10, base_width=4).eval()
+    >>> model = build_classifier(depth=8, num_channels=1, num_labels=10, base_width=4).eval()
     >>> out = model(pixel_values=torch.rand(2, 1, 8, 8), labels=torch.tensor([3, 7]))
     >>> tuple(out.logits.shape), bool(out.loss > 0)
     ((2, 10), True)
@@ -34,7 +34,7 @@ from transformers.modeling_outputs import ImageClassifierOutput
 from .. import files
 from ..errors import NmtqError
 
-__all__ = ["CifarResNetConfig", "CifarResNetForImageClassification", "build_model"]
+__all__ = ["CifarResNetConfig", "CifarResNetForImageClassification", "build_classifier"]
 
 # architecture -> (extra layers in depth = 6n + extra, a few valid depths for the error message)
 ARCHITECTURES = {"resnet": (2, "8, 14, 20, 32, 44, 56 or 110"), "wide_resnet": (4, "10, 16, 22, 28 or 40")}
@@ -256,8 +256,8 @@ class CifarResNetForImageClassification(PreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
-def build_model(architecture: str = "resnet", depth: int = 20, widen_factor: int = 1, num_channels: int = 3,
-                num_labels: int = 10, **kwargs: Any) -> CifarResNetForImageClassification:
+def build_classifier(architecture: str = "resnet", depth: int = 20, widen_factor: int = 1, num_channels: int = 3,
+                     num_labels: int = 10, **kwargs: Any) -> CifarResNetForImageClassification:
     """A freshly initialised classifier; ``kwargs`` are further :class:`CifarResNetConfig` fields."""
     config = CifarResNetConfig(architecture=architecture, depth=depth, widen_factor=widen_factor,
                                num_channels=num_channels, num_labels=num_labels, **kwargs)

@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nmtq.quant import allocate_bits, fake_quantize, init_points, quantize_tensor, quantize_with_points
+from nmtq.quant import bits_by_gradient_norm, fake_quantize, fake_quantize_to_points, init_points, quantize_tensor
 
 
 @settings(max_examples=40, deadline=None)
@@ -42,7 +42,7 @@ def test_point_gradients_equal_brute_force_autograd(seed, bucket_size, num_point
     points = torch.rand(num_points, generator=gen).sort().values.requires_grad_()
     ref_points = points.detach().clone().requires_grad_()
     upstream = torch.randn(3, 11, generator=gen)
-    out = quantize_with_points(w, points, bucket_size)
+    out = fake_quantize_to_points(w, points, bucket_size)
     ref = reference_point_quantize(w, ref_points, bucket_size)
     torch.testing.assert_close(out, ref)
     out.backward(upstream)
@@ -54,7 +54,7 @@ def test_point_gradient_hand_computed_and_weights_get_straight_through():
     # bucket [0, 2], scale 2: scaled 0, .2, 1 -> points 0, 0, 2; dL/dp = scale * sum of upstream
     w = torch.tensor([0.0, 0.4, 2.0], requires_grad=True)
     points = torch.tensor([0.0, 0.5, 1.0], requires_grad=True)
-    quantize_with_points(w, points, None).backward(torch.tensor([1.0, 3.0, -1.0]))
+    fake_quantize_to_points(w, points, None).backward(torch.tensor([1.0, 3.0, -1.0]))
     assert points.grad.tolist() == [8.0, 0.0, -2.0]
     assert w.grad.tolist() == [1.0, 3.0, -1.0]
 
@@ -72,25 +72,25 @@ def test_init_points():
         init_points(w, 4, method="kmeans")
 
 
-def test_allocate_bits_hand_computed():
+def test_bits_by_gradient_norm_hand_computed():
     # budget 4 * 400 = 1600 bits; c = 1600 / (100 + 200 + 200) = 3.2 -> 3.2, 6.4, 3.2 -> floors 3, 6, 3
     # use 1500; the largest remainder (0.4) takes the spare 100 bits
-    assert allocate_bits([1.0, 2.0, 1.0], [100, 100, 200], mean_bits=4) == [3, 7, 3]
+    assert bits_by_gradient_norm([1.0, 2.0, 1.0], [100, 100, 200], mean_bits=4) == [3, 7, 3]
     # clamping at max_bits hands the surplus to the others (water-filling)
-    assert allocate_bits([10.0, 1.0], [10, 10], mean_bits=5, max_bits=8) == [8, 2]
-    assert allocate_bits([0.0, 0.0], [10, 30], mean_bits=3) == [3, 3]
+    assert bits_by_gradient_norm([10.0, 1.0], [10, 10], mean_bits=5, max_bits=8) == [8, 2]
+    assert bits_by_gradient_norm([0.0, 0.0], [10, 30], mean_bits=3) == [3, 3]
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(st.floats(0, 100), st.integers(1, 1000)), min_size=1, max_size=8),
        st.floats(1, 8), st.integers(1, 3), st.integers(3, 10))
-def test_allocate_bits_respects_budget_and_bounds(items, mean_bits, min_bits, max_bits):
+def test_bits_by_gradient_norm_respects_budget_and_bounds(items, mean_bits, min_bits, max_bits):
     norms, numels = [g for g, _ in items], [n for _, n in items]
     if min_bits > mean_bits:
         with pytest.raises(ValueError, match="mean_bits"):
-            allocate_bits(norms, numels, mean_bits, min_bits, max_bits)
+            bits_by_gradient_norm(norms, numels, mean_bits, min_bits, max_bits)
         return
-    bits = allocate_bits(norms, numels, mean_bits, min_bits, max_bits)
+    bits = bits_by_gradient_norm(norms, numels, mean_bits, min_bits, max_bits)
     used = sum(b * n for b, n in zip(bits, numels))
     budget = mean_bits * sum(numels)
     assert used <= budget + 1e-6
@@ -99,13 +99,13 @@ def test_allocate_bits_respects_budget_and_bounds(items, mean_bits, min_bits, ma
     assert all(b == max_bits or used + n > budget + 1e-6 for b, n in zip(bits, numels))
 
 
-def test_allocate_bits_is_proportional_when_unconstrained():
-    bits = allocate_bits([1.0, 2.0, 3.0, 4.0], [1000] * 4, mean_bits=5, min_bits=1, max_bits=16)
+def test_bits_by_gradient_norm_is_proportional_when_unconstrained():
+    bits = bits_by_gradient_norm([1.0, 2.0, 3.0, 4.0], [1000] * 4, mean_bits=5, min_bits=1, max_bits=16)
     assert bits == [2, 4, 6, 8]
 
 
-def test_allocate_bits_errors():
+def test_bits_by_gradient_norm_errors():
     with pytest.raises(ValueError, match="same length"):
-        allocate_bits([1.0], [1, 2], 4)
+        bits_by_gradient_norm([1.0], [1, 2], 4)
     with pytest.raises(ValueError, match="grad_norms"):
-        allocate_bits([float("nan")], [1], 4)
+        bits_by_gradient_norm([float("nan")], [1], 4)

@@ -215,12 +215,12 @@ def test_learned_points_train_and_weights_stay_fixed():
     assert state["weight"].points is not None
 
 
-def test_allocate_bits_and_state_dict_roundtrip():
+def test_set_bits_by_gradient_norm_and_state_dict_roundtrip():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 16))
     quantizer = Quantizer(model, bits=4, learn_points=True)
     model(torch.randn(4, 16)).sum().backward()
-    bits = quantizer.allocate_bits(3, grad_norms={"0.weight": 1.0, "1.weight": 3.0})
+    bits = quantizer.set_bits_by_gradient_norm(3, grad_norms={"0.weight": 1.0, "1.weight": 3.0})
     assert bits == {"0.weight": 1, "1.weight": 5}
     assert [p.numel() for p in quantizer.point_parameters()] == [2, 32]
     saved, weights = quantizer.state_dict(), copy.deepcopy(model.state_dict())

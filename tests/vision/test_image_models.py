@@ -8,17 +8,17 @@ import torch.nn.functional as F
 from transformers import AutoConfig, AutoModelForImageClassification
 
 from nmtq.quant import Quantizer
-from nmtq.vision.models import CifarResNetConfig, CifarResNetForImageClassification, build_model
+from nmtq.vision.models import CifarResNetConfig, CifarResNetForImageClassification, build_classifier
 
 
 def tiny(**kwargs) -> CifarResNetForImageClassification:
     torch.manual_seed(0)
-    return build_model(**{"depth": 8, "base_width": 4, **kwargs})
+    return build_classifier(**{"depth": 8, "base_width": 4, **kwargs})
 
 
 def n_params(**kwargs) -> int:
     with torch.device("meta"):
-        return sum(p.numel() for p in build_model(**kwargs).parameters())
+        return sum(p.numel() for p in build_classifier(**kwargs).parameters())
 
 
 @pytest.mark.parametrize("kwargs, published", [
