@@ -184,7 +184,7 @@ def parse_train_args(argv: list[str] | None = None, classes: tuple[type, ...] = 
     parsed, unknown = parser.parse_known_args(argv)
     if unknown:
         known = ["--" + name for name in sorted(_known_fields(classes))]
-        close = difflib.get_close_matches(unknown[0], known, n=3)
+        close = difflib.get_close_matches("--" + unknown[0].lstrip("-").replace("-", "_"), known, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise NmtqError(f"unknown argument {unknown[0]!r}{hint} (run `nmtq {command} --help` for the fields)")
     outputs = []

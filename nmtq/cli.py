@@ -8,6 +8,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import copy
 import errno
 import json
 import shlex
@@ -18,10 +19,37 @@ from . import files
 from .errors import NmtqError
 from .version import __version__
 
+SPELLINGS = ("Every multi-word flag takes dashes or underscores alike, in every command: --num-beams and --num_beams "
+             "are the same flag.")
+"""The one place the two spellings are documented: the epilog of every command's --help."""
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's help, listing each flag once (its dashed spelling); :data:`SPELLINGS` says the rest."""
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        aliases = getattr(action, "underscore_aliases", ())
+        if aliases:
+            action = copy.copy(action)
+            action.option_strings = [name for name in action.option_strings if name not in aliases]
+        return super()._format_action_invocation(action)
+
 
 class _OneLineParser(argparse.ArgumentParser):
     """argparse's parser, whose errors are one line (``nmtq COMMAND: error: ...``, exit 2) without the usage;
-    ``--help`` still shows it."""
+    ``--help`` still shows it. Each ``--multi-word`` flag is also ``--multi_word``, as the recipe commands'
+    ``HfArgumentParser`` takes both."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        # no abbreviations, as the recipe commands: --num would match both spellings of --num-beams
+        super().__init__(*args, **{"formatter_class": _HelpFormatter, "epilog": SPELLINGS, "allow_abbrev": False,
+                                   **kwargs})
+
+    def add_argument(self, *names: str, **kwargs) -> argparse.Action:
+        aliases = ["--" + name[2:].replace("-", "_") for name in names if name.startswith("--") and "-" in name[2:]]
+        action = super().add_argument(*names, *aliases, **kwargs)
+        action.underscore_aliases = tuple(aliases)
+        return action
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -53,7 +81,7 @@ def _run_recipe(args: argparse.Namespace, classes: tuple[type, ...], run, output
     if "--help" in args.fields or "-h" in args.fields:
         from transformers import HfArgumentParser
 
-        HfArgumentParser(classes, prog=f"nmtq {args.command}").print_help()
+        HfArgumentParser(classes, prog=f"nmtq {args.command}", epilog=SPELLINGS).print_help()
         return 0
     from .args import parse_train_args
 
@@ -146,7 +174,8 @@ def _add_export(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dataset", default=None, help="The test set's name for the model card.")
     parser.add_argument("--ctranslate2", nargs="?", const="int8", default=None, metavar="QUANTIZATION",
                         help="Instead, write a CTranslate2 model (Marian/BART students; int8 unless another "
-                             "quantization is named) for `nmtq evaluate --engine ctranslate2`; needs nmtq[ct2].")
+                             "quantization is named) for `nmtq evaluate --engine ctranslate2`; needs nmtq[ct2]. "
+                             "--huffman, --dequantize, --teacher and --dataset are refused with it.")
     parser.add_argument("--int8-bits", type=int, default=None, metavar="BITS",
                         help="With --ctranslate2 and an int8 type: bits of the weight codes, 2-8 (default: the "
                              "student's own if distilled with --bucket_size row --scaling absmax, else 8; 7 keeps "
@@ -155,8 +184,21 @@ def _add_export(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_run_export)
 
 
+def _check_ctranslate2_flags(args: argparse.Namespace) -> None:
+    """Refuse, before anything is written, the flags of nmtq's own export that a CTranslate2 model has no use for."""
+    given = {"--huffman": args.huffman, "--dequantize": args.dequantize, "--teacher": args.teacher is not None,
+             "--dataset": args.dataset is not None}
+    unused = [flag for flag, present in given.items() if present]
+    if unused:
+        one = len(unused) == 1
+        raise NmtqError(f"{', '.join(unused)} {'is' if one else 'are'} for nmtq's own export (packed codes and a model "
+                        f"card), which --ctranslate2 does not write: leave {'it' if one else 'them'} out, or drop "
+                        "--ctranslate2")
+
+
 def _run_export(args: argparse.Namespace) -> int:
     if args.ctranslate2:
+        _check_ctranslate2_flags(args)
         from .ct2 import convert_to_ctranslate2, int8_saturates_here
 
         out = convert_to_ctranslate2(args.model_dir, args.out_dir, quantization=args.ctranslate2, force=args.force,
@@ -285,7 +327,8 @@ def _resume_command(args: argparse.Namespace) -> str | None:
     if args.command not in ("train", "distill", "distill-images"):
         return None
     fields = list(args.fields)
-    if "--resume_from_checkpoint" in fields:
-        i = fields.index("--resume_from_checkpoint")
-        del fields[i:i + 2]
+    for spelling in ("--resume_from_checkpoint", "--resume-from-checkpoint"):
+        while spelling in fields:
+            i = fields.index(spelling)
+            del fields[i:i + 2]
     return shlex.join(["nmtq", args.command, *fields, "--resume_from_checkpoint", "last"])
