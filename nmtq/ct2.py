@@ -197,6 +197,39 @@ def _int8_codes(spec, bits: int, rest: str | None) -> None:
     ms.visit_spec(spec, visit)
 
 
+def _check_conversion(model_dir: Path, out_dir: Path, quantization: str, force: bool,
+                      int8_bits: int | None) -> int | None:
+    """The arguments of :func:`convert_to_ctranslate2` checked before anything is loaded or written; returns the
+    bits of the int8 codes (the student's own by default, else 8; None for float types)."""
+    if quantization not in QUANTIZATIONS:
+        raise NmtqError(f"quantization={quantization!r}: pass one of {QUANTIZATIONS} (int8 for a CPU)")
+    if int8_bits is not None and quantization not in INT8_QUANTIZATIONS:
+        raise NmtqError(f"int8_bits={int8_bits} with quantization={quantization!r}: the bits are those of int8 "
+                         f"codes, so pass one of {INT8_QUANTIZATIONS}, or leave int8_bits out")
+    if int8_bits is not None and (isinstance(int8_bits, bool) or int8_bits not in range(2, 9)):
+        raise NmtqError(f"int8_bits={int8_bits!r}: pass 2 to 8 (7 keeps CTranslate2's int8 exact on x86 CPUs "
+                         "without VNNI)")
+    if quantization in INT8_QUANTIZATIONS and int8_bits is None:
+        int8_bits = student_int8_bits(model_dir) or 8
+    if out_dir.exists() and not force:
+        raise NmtqError(f"{out_dir} exists: pass force=True (--force) to replace it, or choose another folder")
+    if out_dir.resolve() == model_dir.resolve() or out_dir.resolve() in model_dir.resolve().parents:
+        raise NmtqError(f"{out_dir} would replace the model folder {model_dir}: choose another output folder")
+    return int8_bits
+
+
+def _decoding_info(model, tokenizer) -> dict[str, Any]:
+    """What a translator needs beside ``model.bin``: the longest source, forced tokens and T5's task prefixes."""
+    forced_eos = getattr(model.generation_config, "forced_eos_token_id", None) is not None
+    forced_bos = getattr(model.generation_config, "forced_bos_token_id", None)  # BART's <s>: a target prefix here
+    return {"max_source_length": max_source_length(model, tokenizer), "forced_eos": forced_eos,
+            "forced_bos_token": None if forced_bos is None else tokenizer.convert_ids_to_tokens(forced_bos),
+            # T5's task prefixes by pair (translation_de_to_en), which evaluation puts before each source
+            "prefixes": {key: params["prefix"] for key, params in
+                         (getattr(model.config, "task_specific_params", None) or {}).items()
+                         if key.startswith("translation_") and (params or {}).get("prefix")}}
+
+
 def convert_to_ctranslate2(model_dir: str | os.PathLike, out_dir: str | os.PathLike, quantization: str = "int8",
                            force: bool = False, int8_bits: int | None = None) -> Path:
     """Convert the Marian or BART model in ``model_dir`` into a self-contained CTranslate2 folder ``out_dir``.
@@ -215,33 +248,12 @@ def convert_to_ctranslate2(model_dir: str | os.PathLike, out_dir: str | os.PathL
     """
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     model_type = _model_type(model_dir)
-    if quantization not in QUANTIZATIONS:
-        raise NmtqError(f"quantization={quantization!r}: pass one of {QUANTIZATIONS} (int8 for a CPU)")
-    if int8_bits is not None and quantization not in INT8_QUANTIZATIONS:
-        raise NmtqError(f"int8_bits={int8_bits} with quantization={quantization!r}: the bits are those of int8 "
-                         f"codes, so pass one of {INT8_QUANTIZATIONS}, or leave int8_bits out")
-    if int8_bits is not None and (isinstance(int8_bits, bool) or int8_bits not in range(2, 9)):
-        raise NmtqError(f"int8_bits={int8_bits!r}: pass 2 to 8 (7 keeps CTranslate2's int8 exact on x86 CPUs "
-                         "without VNNI)")
-    if quantization in INT8_QUANTIZATIONS and int8_bits is None:
-        int8_bits = student_int8_bits(model_dir) or 8
-    if out_dir.exists() and not force:
-        raise NmtqError(f"{out_dir} exists: pass force=True (--force) to replace it, or choose another folder")
-    if out_dir.resolve() == model_dir.resolve() or out_dir.resolve() in model_dir.resolve().parents:
-        raise NmtqError(f"{out_dir} would replace the model folder {model_dir}: choose another output folder")
+    int8_bits = _check_conversion(model_dir, out_dir, quantization, force, int8_bits)
     ct2 = _require_ctranslate2()
     model, tokenizer = _load(model_dir)
     spec = _model_spec(model, tokenizer)
-    forced_eos = getattr(model.generation_config, "forced_eos_token_id", None) is not None
-    forced_bos = getattr(model.generation_config, "forced_bos_token_id", None)  # BART's <s>: a target prefix here
     info = {"format": _FORMAT, "model_type": model_type, "quantization": quantization, "int8_bits": int8_bits,
-            "source": str(model_dir), "max_source_length": max_source_length(model, tokenizer),
-            "forced_eos": forced_eos,
-            "forced_bos_token": None if forced_bos is None else tokenizer.convert_ids_to_tokens(forced_bos),
-            # T5's task prefixes by pair (translation_de_to_en), which evaluation puts before each source
-            "prefixes": {key: params["prefix"] for key, params in
-                         (getattr(model.config, "task_specific_params", None) or {}).items()
-                         if key.startswith("translation_") and (params or {}).get("prefix")}}
+            "source": str(model_dir), **_decoding_info(model, tokenizer)}
 
     class SpecConverter(ct2.converters.Converter):
         def _load(self):

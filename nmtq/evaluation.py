@@ -182,6 +182,27 @@ def open_translator(model_dir: str | os.PathLike, engine: str = "transformers", 
     return TransformersTranslator(model, tokenizer, progress), conventions
 
 
+def _evaluation_pairs(tokenizer, data_spec: str, split: str, source_lang: str, target_lang: str,
+                      max_words: int | None, max_length: int | None) -> tuple[list[str], list[str], dict[str, Any]]:
+    """The sources and references of ``split`` that :func:`evaluate_directory` scores, and ``metrics["data"]``:
+    how many pairs were read and kept, with the cleaning report."""
+    from .data import load_corpus  # imported on use: the rest of this module works without the data module
+
+    dataset, report = load_corpus(data_spec, split=split, source_lang=source_lang, target_lang=target_lang,
+                                  max_words=max_words)
+    sources, targets = list(dataset["source"]), list(dataset["target"])
+    num_pairs = len(sources)
+    if max_length is not None:
+        sources, targets = keep_short_pairs(tokenizer, sources, targets, max_length)
+    if not sources:
+        raise NmtqError(f"no pairs of {data_spec!r} ({split}) left to evaluate out of {num_pairs}: "
+                         f"raise max_length (now {max_length}) or check the data")
+    data = {"spec": str(data_spec), "split": split, "num_pairs": num_pairs, "num_kept": len(sources),
+            "max_length": max_length,
+            "cleaning": dataclasses.asdict(report) if dataclasses.is_dataclass(report) else report}
+    return sources, targets, data
+
+
 def evaluate_directory(model_dir: str | os.PathLike, data_spec: str, split: str = "test", source_lang: str = "de",
                        target_lang: str = "en", max_length: int | None = None, max_words: int | None = None,
                        num_beams: int = 4, max_new_tokens: int = 128, batch_size: int = 32,
@@ -216,25 +237,12 @@ def evaluate_directory(model_dir: str | os.PathLike, data_spec: str, split: str 
         model_dir, engine, source_lang, target_lang, device=device, progress=progress, compute_type=compute_type,
         inter_threads=inter_threads, source_lang_code=source_lang_code, target_lang_code=target_lang_code,
         source_prefix=source_prefix)
-    tokenizer = translator.tokenizer
-    from .data import load_corpus  # imported on use: the rest of this module works without the data module
-
-    dataset, report = load_corpus(data_spec, split=split, source_lang=source_lang, target_lang=target_lang,
-                                  max_words=max_words)
-    sources, targets = list(dataset["source"]), list(dataset["target"])
-    num_pairs = len(sources)
-    if max_length is not None:
-        sources, targets = keep_short_pairs(tokenizer, sources, targets, max_length)
-    if not sources:
-        raise NmtqError(f"no pairs of {data_spec!r} ({split}) left to evaluate out of {num_pairs}: "
-                         f"raise max_length (now {max_length}) or check the data")
-    sources = conventions.prefixed(sources)
-    metrics = evaluate_translator(translator, sources, targets, num_beams=num_beams, max_new_tokens=max_new_tokens,
-                                  batch_size=batch_size, output_dir=output_dir)
+    sources, targets, data = _evaluation_pairs(translator.tokenizer, data_spec, split, source_lang, target_lang,
+                                               max_words, max_length)
+    metrics = evaluate_translator(translator, conventions.prefixed(sources), targets, num_beams=num_beams,
+                                  max_new_tokens=max_new_tokens, batch_size=batch_size, output_dir=output_dir)
     metrics["model_dir"] = str(model_dir)
-    metrics["data"] = {"spec": str(data_spec), "split": split, "num_pairs": num_pairs, "num_kept": len(sources),
-                       "max_length": max_length,
-                       "cleaning": dataclasses.asdict(report) if dataclasses.is_dataclass(report) else report}
+    metrics["data"] = data
     if output_dir is not None:  # written again, atomically, now with the model and data fields
         write_json_atomic(Path(output_dir) / files.METRICS, metrics)
     return metrics

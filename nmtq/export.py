@@ -138,20 +138,24 @@ def export_model(model_dir: str | os.PathLike, out_dir: str | os.PathLike, huffm
             model.save_pretrained(tmp / files.DEQUANTIZED_DIR)
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp / files.DEQUANTIZED_DIR)
-        metrics_ = metrics or {}
-        facts = CardFacts(
-            name=out_dir.name, languages=_languages(model, tokenizer) if tokenizer else [],
-            method=metrics_.get("method"),
-            teacher=teacher or _recorded_teacher(metrics_), dataset=dataset or _dataset_name(metrics_),
-            bits=config["bits"],
-            bucket_size=config["bucket_size"], scaling=config["scaling"], size=size,
-            file_bytes=(tmp / files.WEIGHTS).stat().st_size, storage=storage, metrics=metrics,
-            sparsity=float(quantization.get("sparsity", 0.0)), notes=notes,
-            task="translation" if tokenizer is not None else "image-classification")
+        facts = _card_facts(model, tokenizer, quantization, metrics, teacher, dataset, name=out_dir.name,
+                            bits=config["bits"], bucket_size=config["bucket_size"], scaling=config["scaling"],
+                            size=size, file_bytes=(tmp / files.WEIGHTS).stat().st_size, storage=storage, notes=notes)
         (tmp / files.MODEL_CARD).write_text(model_card(facts), encoding="utf-8")
 
     write_dir_atomic(out_dir, write)
     return ExportReport(out_dir, export_size(out_dir), tuple(notes))
+
+
+def _card_facts(model, tokenizer, quantization: Mapping, metrics: Mapping | None, teacher: str | None,
+                dataset: str | None, **facts) -> CardFacts:
+    """The model card's facts: languages and task from the model, the method, teacher and data set from the run's
+    metrics unless named; ``facts`` are the export's own (name, bits, sizes, notes)."""
+    recorded = metrics or {}
+    return CardFacts(languages=_languages(model, tokenizer) if tokenizer else [], method=recorded.get("method"),
+                     teacher=teacher or _recorded_teacher(recorded), dataset=dataset or _dataset_name(recorded),
+                     metrics=metrics, sparsity=float(quantization.get("sparsity", 0.0)),
+                     task="translation" if tokenizer is not None else "image-classification", **facts)
 
 
 def _dequantized_note(model) -> str:

@@ -13,7 +13,8 @@ from .functional import QuantizedTensor, encode_tensor, encode_to_points, quanti
 from .huffman import HuffmanStats, huffman_code_lengths, huffman_stats
 from .packing import huffman_decode, huffman_encode, pack_codes, packed_numel, unpack_codes
 from .prune import magnitude_mask, sparsity_at
-from .quantizer import Quantizer, select_parameters
+from .quantizer import Quantizer
+from .selection import select_parameters
 from .size import SizeReport, TensorSize, size_report
 
 __all__ = [
