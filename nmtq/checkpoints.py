@@ -27,8 +27,8 @@ Example:
 from __future__ import annotations
 
 import json
+import logging
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,6 +37,8 @@ from .errors import NmtqError
 
 if TYPE_CHECKING:
     from transformers import TrainingArguments
+
+logger = logging.getLogger(__name__)
 
 _MAX_HEADER = 100_000_000  # the safetensors library's own limit on a header's length
 
@@ -159,27 +161,29 @@ def checkpoint_problem(directory: str | os.PathLike, last_file: str = files.TRAI
 
 
 def last_complete_checkpoint(output_dir: str, last_file: str = files.TRAINER_STATE,
-                             log: Callable[[str], None] | None = None) -> str | None:
+                             report_skipped: bool = False) -> str | None:
     """The newest ``checkpoint-N`` in ``output_dir`` that a run can resume from (see :func:`checkpoint_problem`),
     or None. ``last_file`` is the state file written last: ``trainer_state.json`` by default, which the Trainer
     writes after the weights; callbacks write after the Trainer (``on_save``), so a run whose callbacks save state
-    names the file they write last. Each newer checkpoint passed over is reported to ``log`` with the reason.
+    names the file they write last. With ``report_skipped``, each newer checkpoint passed over is logged with the
+    reason.
 
     Example:
         >>> import tempfile
         >>> run = Path(tempfile.mkdtemp())
         >>> (run / "checkpoint-6").mkdir()
         >>> _ = (run / "checkpoint-6" / "trainer_state.json").write_text('{"global_step": 6}')
-        >>> last_complete_checkpoint(str(run), log=print) is None
-        skipping checkpoint-6: it has no model.safetensors
+        >>> last_complete_checkpoint(str(run)) is None
         True
+        >>> checkpoint_problem(run / "checkpoint-6")
+        'it has no model.safetensors'
     """
     for path in reversed(files.checkpoint_dirs(output_dir)):
         problem = checkpoint_problem(path, last_file)
         if problem is None:
             return str(path)
-        if log is not None:
-            log(f"skipping {path.name}: {problem}")
+        if report_skipped:
+            logger.info(f"skipping {path.name}: {problem}")
     return None
 
 
@@ -191,13 +195,12 @@ def _readable_json(path: Path) -> bool:
         return False
 
 
-def resolve_checkpoint(training_args: TrainingArguments, last_file: str = files.TRAINER_STATE,
-                       log: Callable[[str], None] | None = None) -> str | None:
+def resolve_checkpoint(training_args: TrainingArguments, last_file: str = files.TRAINER_STATE) -> str | None:
     """The checkpoint ``--resume_from_checkpoint`` names, checked before anything is loaded, or None.
 
     ``last`` (or ``true``) means the newest complete checkpoint in ``output_dir`` (see
-    :func:`last_complete_checkpoint`; the newer ones it skips go to ``log``, by default printed by the main
-    process). A directory named explicitly must be complete: otherwise a one-line :class:`NmtqError` says why.
+    :func:`last_complete_checkpoint`; the newer ones it skips are logged, with the checkpoint it takes). A
+    directory named explicitly must be complete: otherwise a one-line :class:`NmtqError` says why.
 
     Example:
         >>> from types import SimpleNamespace
@@ -207,14 +210,12 @@ def resolve_checkpoint(training_args: TrainingArguments, last_file: str = files.
     value = training_args.resume_from_checkpoint
     if value is None or str(value).lower() in ("false", "none", ""):
         return None
-    if log is None:
-        log = _main_process_print(training_args)
     if str(value).lower() in ("last", "true"):
-        last = last_complete_checkpoint(training_args.output_dir, last_file, log)
+        last = last_complete_checkpoint(training_args.output_dir, last_file, report_skipped=True)
         if last is None:
             raise NmtqError(f"--resume_from_checkpoint {value}: no complete {files.CHECKPOINT_PREFIX}* directory in "
                              f"{training_args.output_dir!r}; start without it")
-        log(f"resuming from {last}")
+        logger.info(f"resuming from {last}")
         return last
     if not os.path.isdir(value):
         raise NmtqError(f"--resume_from_checkpoint {value!r} is not a directory; pass --resume_from_checkpoint "
@@ -225,10 +226,3 @@ def resolve_checkpoint(training_args: TrainingArguments, last_file: str = files.
                          "--resume_from_checkpoint last (the newest complete checkpoint) or another checkpoint")
     return value
 
-
-def _main_process_print(training_args) -> Callable[[str], None]:
-    def log(message: str) -> None:
-        if getattr(training_args, "process_index", 0) == 0:
-            print(f"[nmtq] {message}", flush=True)
-
-    return log

@@ -20,12 +20,12 @@ Apprentice's scheme C (a trained full-precision student fine-tuned at low precis
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-import torch
-from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer
+from transformers import Seq2SeqTrainer
 
 from . import files
 from .args import DataArguments, NmtTrainingArguments
@@ -40,7 +40,6 @@ from .methods import (
 )
 from .models import (
     check_model_source,
-    decoder_inputs_from_labels,
     enable_generation_cache,
     load_model,
     teacher_card,
@@ -49,6 +48,7 @@ from .quant import QuantizerConfig, SizeReport
 from .runs import start_run, time_budget
 from .student import check_student_shape, depth, make_student
 from .teacher_cache import (
+    DistillationCollator,
     TopKCache,
     cache_directory,
     cache_top_k,
@@ -75,6 +75,8 @@ from .vocab import (
     trim_model,
     trim_tokenizer,
 )
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -165,50 +167,6 @@ def _stream(inputs: dict, weight: float = 1.0) -> TargetStream:
     return TargetStream(inputs, labels, top_k, weight)
 
 
-class DistillationCollator:
-    """Pads a batch as ``DataCollatorForSeq2Seq`` does, plus what distillation adds to each example.
-
-    * ``teacher_labels`` (sequence-level KD beside the references) become ``sequence_labels`` and
-      ``sequence_decoder_input_ids``;
-    * ``example_id`` looks up the cached teacher top-k of each target stream, padded to the labels' length:
-      ``teacher_ids`` / ``teacher_log_probs`` and ``sequence_teacher_ids`` / ``sequence_teacher_log_probs``.
-    """
-
-    def __init__(self, tokenizer, model, top_k: dict[str, TopKCache] | None = None) -> None:
-        self.model = model
-        self.pad = DataCollatorForSeq2Seq(tokenizer, model=model)
-        self.top_k = top_k or {}
-
-    def _padded(self, features: list[dict]) -> dict:
-        """``DataCollatorForSeq2Seq``'s batch, with ``decoder_input_ids`` for every family (M2M100 and NLLB have
-        no ``prepare_decoder_input_ids_from_labels``, so the collator leaves them out)."""
-        batch = self.pad(features)
-        if "labels" in batch and "decoder_input_ids" not in batch:
-            batch["decoder_input_ids"] = decoder_inputs_from_labels(self.model, batch["labels"])
-        return batch
-
-    def __call__(self, features: list[dict]) -> dict:
-        batch = self._padded([{k: f[k] for k in ("input_ids", "attention_mask", "labels") if k in f}
-                              for f in features])
-        if "teacher_labels" in features[0]:
-            sequence = self._padded([{"input_ids": f["input_ids"], "labels": f["teacher_labels"]} for f in features])
-            batch["sequence_labels"] = sequence["labels"]
-            batch["sequence_decoder_input_ids"] = sequence["decoder_input_ids"]
-        for stream, cache in self.top_k.items():
-            prefix = "" if stream == "labels" else "sequence_"
-            length = batch[prefix + "labels"].shape[1]
-            ids = torch.zeros(len(features), length, cache.k, dtype=torch.long)
-            log_probs = torch.zeros(len(features), length, cache.k)
-            for i, f in enumerate(features):
-                cached = cache[f["example_id"]]
-                if len(cached.ids) != len(f[stream]):
-                    raise NmtqError(f"the teacher cache has {len(cached.ids)} tokens for example {f['example_id']}"
-                                     f" but it has {len(f[stream])}: the cache is stale; delete it")
-                ids[i, :len(cached.ids)], log_probs[i, :len(cached.ids)] = cached.ids, cached.log_probs.float()
-            batch[prefix + "teacher_ids"], batch[prefix + "teacher_log_probs"] = ids, log_probs
-        return batch
-
-
 def build_student(distill_args: DistillArguments, teacher):
     """The trained student to start from, or a shallower copy of the teacher."""
     if distill_args.student_name_or_path:
@@ -245,15 +203,8 @@ def build_student(distill_args: DistillArguments, teacher):
     return student
 
 
-def distill(data_args: DataArguments, distill_args: DistillArguments, quant_config: QuantizerConfig,
-            training_args: NmtTrainingArguments) -> dict:
-    """Distil and/or quantize a student as ``distill_args.method`` says; return its test metrics and size."""
-    if training_args.push_to_hub:
-        raise NmtqError("nmtq distill does not push: the Trainer would upload fp32 checkpoints, not the quantized "
-                         "student. Run `nmtq export OUTPUT_DIR EXPORT_DIR`, then `nmtq push EXPORT_DIR --repo-id "
-                         "NAME`")
-    log, checkpoint = start_run(training_args, [distill_args.teacher, distill_args.student_name_or_path],
-                                data_args.local_paths(), distill_args.checkpoint_last_file)
+def _check_models(distill_args: DistillArguments) -> None:
+    """The teacher and the student exist, and the student's shape fits the teacher's, before anything is loaded."""
     check_model_source(distill_args.teacher, "teacher")
     check_model_source(distill_args.student_name_or_path, "student")
     if not distill_args.student_name_or_path and distill_args.student_type == "transformer":
@@ -261,7 +212,19 @@ def distill(data_args: DataArguments, distill_args: DistillArguments, quant_conf
 
         check_student_shape(AutoConfig.from_pretrained(distill_args.teacher), distill_args.student_encoder_layers,
                             distill_args.student_decoder_layers, distill_args.student_d_model)
-    splits = load_splits(data_args, log)
+
+
+def distill(data_args: DataArguments, distill_args: DistillArguments, quant_config: QuantizerConfig,
+            training_args: NmtTrainingArguments) -> dict:
+    """Distil and/or quantize a student as ``distill_args.method`` says; return its test metrics and size."""
+    if training_args.push_to_hub:
+        raise NmtqError("nmtq distill does not push: the Trainer would upload fp32 checkpoints, not the quantized "
+                         "student. Run `nmtq export OUTPUT_DIR EXPORT_DIR`, then `nmtq push EXPORT_DIR --repo-id "
+                         "NAME`")
+    checkpoint = start_run(training_args, [distill_args.teacher, distill_args.student_name_or_path],
+                           data_args.local_paths(), distill_args.checkpoint_last_file)
+    _check_models(distill_args)
+    splits = load_splits(data_args)
     teacher, tokenizer = load_model(distill_args.teacher), load_tokenizer(distill_args.teacher)
     if distill_args.trim_vocabulary:
         check_trimmable(tokenizer)  # before the teacher caches are written
@@ -271,55 +234,52 @@ def distill(data_args: DataArguments, distill_args: DistillArguments, quant_conf
     student = build_student(distill_args, teacher)
     apply_conventions(conventions, tokenizer, teacher, student)  # the student carries them when saved
     splits = {name: with_prefix(split, conventions) for name, split in splits.items()}
-    log(f"teacher {sum(p.numel() for p in teacher.parameters()):,} parameters; {type(student).__name__} student "
-        f"{'+'.join(map(str, depth(student.config)))} layers, "
-        f"{sum(p.numel() for p in student.parameters()):,} parameters; method {distill_args.method}; processes: "
-        f"{training_args.world_size} ({training_args.distributed_state.distributed_type})")
+    logger.info(f"teacher {sum(p.numel() for p in teacher.parameters()):,} parameters; {type(student).__name__} "
+                f"student {'+'.join(map(str, depth(student.config)))} layers, "
+                f"{sum(p.numel() for p in student.parameters()):,} parameters; method {distill_args.method}; "
+                f"processes: {training_args.world_size} ({training_args.distributed_state.distributed_type})")
     teacher_size = fp32_size(teacher)
     card_teacher = teacher_card(distill_args.teacher, teacher.config, teacher_size.fp32_bits // 8)
     keep = ("source",) if distill_args.sequence_kd else ()
     train_set = tokenize(splits["train"], tokenizer, data_args.max_source_length, data_args.max_target_length, keep)
     check_ids_fit(teacher, train_set, f"the teacher {distill_args.teacher}")
     if distill_args.method != "ptq" and distill_args.sequence_kd:
-        train_set = teacher_translations(train_set, teacher, tokenizer, data_args, distill_args, training_args, log)
+        train_set = teacher_translations(train_set, teacher, tokenizer, data_args, distill_args, training_args)
     trim, vocabulary = None, {}
     if distill_args.trim_vocabulary:
-        trim, student, vocabulary = trim_student(student, tokenizer, train_set, distill_args, log)
+        trim, student, vocabulary = trim_student(student, tokenizer, train_set, distill_args)
         tokenizer, teacher = trim_tokenizer(tokenizer, trim), TrimmedTeacher(teacher, trim)
         train_set = remap_columns(train_set, trim)
 
     # --mean_bits measures gradients on ids and labels only
-    quantizer = prepare_quantizer(student, distill_args, quant_config, log, teacher,
+    quantizer = prepare_quantizer(student, distill_args, quant_config, teacher,
                                   train_set.select_columns([c for c in ("input_ids", "attention_mask", "labels")
                                                             if c in train_set.column_names]),
                                   DistillationCollator(tokenizer, student))
     if distill_args.method != "ptq":
-        train_set, top_k = teacher_top_k(train_set, teacher, tokenizer, student, trim, distill_args, training_args,
-                                         log)
+        train_set, top_k = teacher_top_k(train_set, teacher, tokenizer, student, trim, distill_args, training_args)
         streams = {"labels", "teacher_labels"} & set(train_set.column_names)
         if top_k and (distill_args.effective_alpha == 0 or set(top_k) >= streams):
             teacher = None  # every batch carries the teacher's outputs: it need not even be on the device
-        _train(student, teacher, tokenizer, train_set, top_k, quantizer, distill_args, training_args,
-               checkpoint, log)
+        _train(student, teacher, tokenizer, train_set, top_k, quantizer, distill_args, training_args, checkpoint)
     return _finish(student, tokenizer, quantizer, teacher_size, splits["test"], data_args, distill_args,
-                   training_args, log, trim, vocabulary, card_teacher)
+                   training_args, trim, vocabulary, card_teacher)
 
 
-def _cache_settings(distill_args: DistillArguments, training_args: NmtTrainingArguments, log):
+def _cache_settings(distill_args: DistillArguments, training_args: NmtTrainingArguments):
     """Where the teacher caches go, the teacher's fingerprint, and how processes share the work."""
     default = Path(training_args.output_dir).absolute().parent / files.TEACHER_CACHE_DIR
     root = Path(distill_args.teacher_cache_dir or default)
     shared = {"shard_size": distill_args.cache_shard_size, "process_index": training_args.process_index,
-              "num_processes": training_args.world_size, "wait": training_args.distributed_state.wait_for_everyone,
-              "log": log}
+              "num_processes": training_args.world_size, "wait": training_args.distributed_state.wait_for_everyone}
     return root, teacher_fingerprint(distill_args.teacher), shared
 
 
 def teacher_translations(train_set, teacher, tokenizer, data_args: DataArguments, distill_args: DistillArguments,
-                         training_args: NmtTrainingArguments, log):
+                         training_args: NmtTrainingArguments):
     """Sequence-level KD: the teacher's beam translations of the training sources, made once and cached, as the
     targets (``labels``, at ``sequence_kd`` 1) or as a second target stream (``teacher_labels``)."""
-    root, teacher_id, shared = _cache_settings(distill_args, training_args, log)
+    root, teacher_id, shared = _cache_settings(distill_args, training_args)
     teacher.to(training_args.device)
     sources = train_set["source"]
     directory = cache_directory(root, "translations", teacher_id, sources, training_args.num_beams,
@@ -331,19 +291,19 @@ def teacher_translations(train_set, teacher, tokenizer, data_args: DataArguments
     column = "labels" if distill_args.sequence_kd == 1 else "teacher_labels"
     train_set = train_set.remove_columns([c for c in ("source", column) if c in train_set.column_names])
     train_set = train_set.add_column(column, targets["input_ids"])
-    log(f"sequence-level KD: {len(translations):,} teacher translations (beam {training_args.num_beams}) as "
-        f"{'the targets' if column == 'labels' else f'a second target, weight {distill_args.sequence_kd}'}")
+    logger.info(f"sequence-level KD: {len(translations):,} teacher translations (beam {training_args.num_beams}) "
+                f"as {'the targets' if column == 'labels' else f'a second target, weight {distill_args.sequence_kd}'}")
     return train_set
 
 
 def teacher_top_k(train_set, teacher, tokenizer, student, trim: VocabularyTrim | None,
-                  distill_args: DistillArguments, training_args: NmtTrainingArguments, log):
+                  distill_args: DistillArguments, training_args: NmtTrainingArguments):
     """Apprentice's scheme B: the teacher's top-k log-probabilities at every token of each target stream, cached
     in shards (over the kept ids of a trimmed vocabulary). Returns the training set with ``example_id`` and the
     caches by target column; ``({}, train_set)`` without ``--teacher_top_k``."""
     if not distill_args.teacher_top_k:
         return train_set, {}
-    root, teacher_id, shared = _cache_settings(distill_args, training_args, log)
+    root, teacher_id, shared = _cache_settings(distill_args, training_args)
     teacher.to(training_args.device)
     kind = f"top{distill_args.teacher_top_k}" + (f"-trim{fingerprint(trim.kept)}" if trim else "")
     caches: dict[str, TopKCache] = {}
@@ -355,27 +315,27 @@ def teacher_top_k(train_set, teacher, tokenizer, student, trim: VocabularyTrim |
                 teacher, [{"input_ids": i, "labels": t} for i, t in zip(inputs, targets)],
                 DistillationCollator(tokenizer, student), cache_directory(root, kind, teacher_id, inputs, targets),
                 k=distill_args.teacher_top_k, batch_size=training_args.per_device_eval_batch_size, **shared)
-    log(f"training from the teacher's cached top-{distill_args.teacher_top_k} log-probabilities")
+    logger.info(f"training from the teacher's cached top-{distill_args.teacher_top_k} log-probabilities")
     return train_set.add_column("example_id", list(range(len(train_set)))), caches
 
 
-def trim_student(student, tokenizer, train_set, distill_args: DistillArguments, log):
+def trim_student(student, tokenizer, train_set, distill_args: DistillArguments):
     """``--trim_vocabulary``: the kept ids (those of the training sources and targets, plus what the tokenizer
     needs) and the student trimmed to them, or a student trimmed before (``--student_name_or_path`` of a run with
     ``--trim_vocabulary``) with its kept ids. Returns the trim, the student and the sizes for metrics.json."""
     saved = Path(distill_args.student_name_or_path or "") / files.TRIMMED_VOCABULARY
     if distill_args.student_name_or_path and saved.is_file():
         trim = load_trim(saved)
-        log(f"the student from {distill_args.student_name_or_path} keeps {trim.size:,} of the teacher's "
-            f"{trim.old_size:,} tokens")
+        logger.info(f"the student from {distill_args.student_name_or_path} keeps {trim.size:,} of the teacher's "
+                    f"{trim.old_size:,} tokens")
         return trim, student, {"teacher_tokens": trim.old_size, "kept_tokens": trim.size}
     columns = [c for c in ("input_ids", "labels", "teacher_labels") if c in train_set.column_names]
     trim = plan_trim(tokenizer, student, (ids for c in columns for ids in train_set[c]))
     before = fp32_size(student).fp32_bits // 8
     trim_model(student, trim)
     saved_bytes = before - fp32_size(student).fp32_bits // 8
-    log(f"vocabulary trimmed to the training data's tokens: {trim.size:,} of {trim.old_size:,} kept, "
-        f"{saved_bytes:,} bytes of fp32 embeddings saved")
+    logger.info(f"vocabulary trimmed to the training data's tokens: {trim.size:,} of {trim.old_size:,} kept, "
+                f"{saved_bytes:,} bytes of fp32 embeddings saved")
     return trim, student, {"teacher_tokens": trim.old_size, "kept_tokens": trim.size, "fp32_bytes_saved": saved_bytes}
 
 
@@ -386,8 +346,8 @@ def remap_columns(train_set, trim: VocabularyTrim):
                          desc="trimmed ids")
 
 
-def _train(student, teacher, tokenizer, train_set, top_k, quantizer, distill_args, training_args, checkpoint, log):
-    callbacks = time_budget(training_args) + method_callbacks(quantizer, distill_args, checkpoint, log)
+def _train(student, teacher, tokenizer, train_set, top_k, quantizer, distill_args, training_args, checkpoint):
+    callbacks = time_budget(training_args) + method_callbacks(quantizer, distill_args, checkpoint)
     training_args.remove_unused_columns = False  # the collator reads example_id and teacher_labels
     if training_args.generation_config is not None:  # as Seq2SeqTrainer does: the saved student decodes with it
         student.generation_config = Seq2SeqTrainer.load_generation_config(training_args.generation_config)
@@ -405,7 +365,7 @@ def _train(student, teacher, tokenizer, train_set, top_k, quantizer, distill_arg
 
 
 def _finish(student, tokenizer, quantizer, teacher_size: SizeReport, test_set, data_args, distill_args, training_args,
-            log, trim: VocabularyTrim | None = None, vocabulary: dict | None = None,
+            trim: VocabularyTrim | None = None, vocabulary: dict | None = None,
             card_teacher: str | None = None) -> dict:
     """Quantize for real, measure the size, save the student (weights = decoded codes) and score it."""
     enable_generation_cache(student)
@@ -416,7 +376,7 @@ def _finish(student, tokenizer, quantizer, teacher_size: SizeReport, test_set, d
             save_trim(trim, output_dir / files.TRIMMED_VOCABULARY)
 
     def score(model, size: dict) -> dict:
-        metrics = score_test_split(model, tokenizer, test_set, data_args, training_args, log)
+        metrics = score_test_split(model, tokenizer, test_set, data_args, training_args)
         metrics.update(teacher=distill_args.teacher, teacher_card=card_teacher, data=data_args.spec("train"),
                        method=distill_args.method, **size,
                        **dict(zip(("encoder_layers", "decoder_layers"), depth(model.config))),
@@ -424,4 +384,4 @@ def _finish(student, tokenizer, quantizer, teacher_size: SizeReport, test_set, d
                        alternate_every=distill_args.alternate_every, **({"vocabulary": vocabulary} if trim else {}))
         return metrics
 
-    return save_and_score(student, quantizer, training_args, score, log, teacher_size, save_beside)
+    return save_and_score(student, quantizer, training_args, score, teacher_size, save_beside)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,8 @@ from .quant import Quantizer, QuantizerConfig, SizeReport, size_report
 from .quant.prune import sparsity_at
 from .quant.quantizer import POINTS_SUFFIX
 from .quant.size import stored_tensors
+
+logger = logging.getLogger(__name__)
 
 METHODS = ("fp", "kd", "ptq", "qd", "dq")
 
@@ -218,9 +221,8 @@ class PruneSchedule(TrainerCallback):
     training ends early (a time budget), the final sparsity is applied at the end and the log says so.
     """
 
-    def __init__(self, quantizer: Quantizer, sparsity: float, start: int, end: int | None, every: int, log) -> None:
-        self.quantizer, self.sparsity, self.start, self.end, self.every, self.log = (
-            quantizer, sparsity, start, end, every, log)
+    def __init__(self, quantizer: Quantizer, sparsity: float, start: int, end: int | None, every: int) -> None:
+        self.quantizer, self.sparsity, self.start, self.end, self.every = quantizer, sparsity, start, end, every
 
     def _end(self, state) -> int:
         return self.end if self.end is not None else max(self.start, (2 * state.max_steps) // 3)
@@ -234,8 +236,8 @@ class PruneSchedule(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.quantizer.sparsity() < self.sparsity:
-            self.log(f"training stopped at step {state.global_step}, before the pruning schedule ended: pruning to "
-                     f"{self.sparsity} now, without retraining")
+            logger.info(f"training stopped at step {state.global_step}, before the pruning schedule ended: pruning "
+                        f"to {self.sparsity} now, without retraining")
             self.quantizer.prune(self.sparsity)
 
 
@@ -268,7 +270,7 @@ def first_batches(dataset, collator: Callable[[list], dict], examples: int = 128
     return [collator([dataset[i] for i in range(j, min(j + batch_size, end))]) for j in range(0, end, batch_size)]
 
 
-def prepare_quantizer(student, method_args: MethodArguments, quant_config: QuantizerConfig, log, teacher=None,
+def prepare_quantizer(student, method_args: MethodArguments, quant_config: QuantizerConfig, teacher=None,
                       train_set=None, collator: Callable[[list], dict] | None = None) -> Quantizer | None:
     """The quantizer the method asks for, attached to ``student`` (None for fp and kd).
 
@@ -287,16 +289,16 @@ def prepare_quantizer(student, method_args: MethodArguments, quant_config: Quant
         batches = first_batches(train_set, collator)
         bits = allocate_bits_by_gradient(quantizer, student, teacher, batches, method_args.mean_bits,
                                          method_args.alpha, method_args.temperature)
-        log(f"bits by gradient norm (mean {method_args.mean_bits}): {sorted(set(bits.values()))}")
+        logger.info(f"bits by gradient norm (mean {method_args.mean_bits}): {sorted(set(bits.values()))}")
     if method_args.method == "dq" and method_args.alternate_every is None:
         quantizer.train_points_only()
     if method_args.method == "ptq" and method_args.sparsity:
-        log(f"pruned to sparsity {quantizer.prune(method_args.sparsity):.3f} before quantizing")
+        logger.info(f"pruned to sparsity {quantizer.prune(method_args.sparsity):.3f} before quantizing")
     return quantizer
 
 
-def method_callbacks(quantizer: Quantizer | None, method_args: MethodArguments, checkpoint: str | None,
-                     log) -> list[TrainerCallback]:
+def method_callbacks(quantizer: Quantizer | None, method_args: MethodArguments,
+                     checkpoint: str | None) -> list[TrainerCallback]:
     """Restore the quantizer from ``checkpoint`` and return the callbacks that save it and prune on schedule."""
     if quantizer is None:
         return []
@@ -305,7 +307,7 @@ def method_callbacks(quantizer: Quantizer | None, method_args: MethodArguments, 
     callbacks: list[TrainerCallback] = [SaveQuantizerState(quantizer)]
     if method_args.sparsity:
         callbacks.append(PruneSchedule(quantizer, method_args.sparsity, method_args.prune_start_step,
-                                       method_args.prune_end_step, method_args.prune_every, log))
+                                       method_args.prune_end_step, method_args.prune_every))
     return callbacks
 
 

@@ -1,15 +1,23 @@
 """What every training command shares, translation and images alike: the training arguments' CPU-friendly base,
-the time budget, and the start of a run (seed, logger, checkpoint to resume, output_dir checks).
+the time budget, the start of a run (seed, checkpoint to resume, output_dir checks) and where nmtq's messages go.
+
+nmtq's modules log to ``logging.getLogger(__name__)``; :func:`show_messages` gives the ``nmtq`` logger the handler
+that prints them on standard output (``[nmtq] message``) and its level: ``--log_level`` on the main process and
+``--log_level_replica`` on the others, as transformers' Trainer reads them; where ``--log_level`` is left
+``passive`` the main process shows nmtq's info messages, unless transformers' verbosity was set.
 
 Example:
-    >>> log, checkpoint = start_run(training_args, [teacher], [data_file])  # doctest: +SKIP
-    >>> log("on the main process only")  # doctest: +SKIP
+    >>> checkpoint = start_run(training_args, [teacher], [data_file])  # doctest: +SKIP
+    >>> logging.getLogger("nmtq.train").info("on the main process only")  # doctest: +SKIP
     [nmtq] on the main process only
 """
 
 from __future__ import annotations
 
 import importlib.util
+import logging
+import os
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -22,6 +30,8 @@ from .distributed import check_distributed_engine
 from .errors import NmtqError
 from .guard import DEFAULT_STOP_GRAD_NORM
 from .outputs import check_output_dir
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -108,27 +118,74 @@ def time_budget(training_args: CpuFriendlyTrainingArguments) -> list[TrainerCall
 
 
 def start_run(training_args, model_inputs: list, data_files: list, last_file: str = files.TRAINER_STATE):
-    """What every training command does first, before reading data or weights: its logger, the checkpoint it
-    resumes (:func:`nmtq.checkpoints.resolve_checkpoint`) and the checks of its ``output_dir`` against the inputs
-    (:func:`nmtq.outputs.check_output_dir`, which also sweeps killed runs' temporary files), and the seed of
-    ``--seed`` for every random number generator: the models are built before the Trainer seeds them, and torch
-    seeds itself at random in every process. Returns ``(log, checkpoint)``."""
+    """What every training command does first, before reading data or weights: the level of nmtq's messages in
+    this process (:func:`show_messages`), the checkpoint it resumes (:func:`nmtq.checkpoints.resolve_checkpoint`)
+    and the checks of its ``output_dir`` against the inputs (:func:`nmtq.outputs.check_output_dir`, which also
+    sweeps killed runs' temporary files), and the seed of ``--seed`` for every random number generator: the
+    models are built before the Trainer seeds them, and torch seeds itself at random in every process. Returns
+    the checkpoint (None: start afresh)."""
     from transformers import set_seed
 
     set_seed(training_args.seed)
-    log = main_process_logger(training_args)
-    checkpoint = resolve_checkpoint(training_args, last_file, log=log)
+    show_messages(process_log_level(training_args))
+    checkpoint = resolve_checkpoint(training_args, last_file)
     for swept in check_output_dir(training_args.output_dir, model_inputs=model_inputs, data_files=data_files,
                                   resuming=checkpoint is not None, overwrite=training_args.overwrite_output_dir,
                                   main_process=training_args.local_process_index == 0):
-        log(f"removed {swept}, a temporary file of a killed run")
-    return log, checkpoint
+        logger.info(f"removed {swept}, a temporary file of a killed run")
+    return checkpoint
 
 
-def main_process_logger(training_args: TrainingArguments):
-    """``log(message)`` that prints on the main process only."""
-    def log(message: str) -> None:
-        if training_args.process_index == 0:
-            print(f"[nmtq] {message}", flush=True)
+class TerminalHandler(logging.StreamHandler):
+    """nmtq's messages on standard output, one line each: ``[nmtq] message`` (a record's ``tag`` replaces
+    ``nmtq``). The stream is looked up at every message, so a redirected ``sys.stdout`` gets them."""
 
-    return log
+    def __init__(self) -> None:
+        super().__init__(sys.stdout)
+        self.setFormatter(_TaggedFormatter())
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass  # always the current sys.stdout
+
+
+class _TaggedFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"[{getattr(record, 'tag', 'nmtq')}] {super().format(record)}"
+
+
+def show_messages(level: int | None = None) -> logging.Logger:
+    """Print the messages of every ``nmtq`` logger at ``level`` and above on standard output (a
+    :class:`TerminalHandler`, added once; they do not also reach the root logger's handlers). ``level`` None:
+    :func:`default_log_level`. Returns the ``nmtq`` logger."""
+    nmtq_logger = logging.getLogger("nmtq")
+    if not any(isinstance(handler, TerminalHandler) for handler in nmtq_logger.handlers):
+        nmtq_logger.addHandler(TerminalHandler())
+        nmtq_logger.propagate = False
+    nmtq_logger.setLevel(default_log_level() if level is None else level)
+    return nmtq_logger
+
+
+def default_log_level() -> int:
+    """nmtq's level where nothing says otherwise: transformers' verbosity where it was set
+    (``TRANSFORMERS_VERBOSITY``, ``transformers.logging.set_verbosity_*``), else info: nmtq's messages show."""
+    from transformers.utils import logging as transformers_logging
+
+    verbosity = transformers_logging.get_verbosity()
+    if verbosity == logging.WARNING and "TRANSFORMERS_VERBOSITY" not in os.environ:
+        return logging.INFO
+    return verbosity
+
+
+def process_log_level(training_args: TrainingArguments) -> int:
+    """The level of nmtq's messages in this process: ``--log_level`` on the main process, ``--log_level_replica``
+    (warning by default) on the others, as ``training_args.get_process_log_level()`` says; ``passive`` on the main
+    process is :func:`default_log_level`."""
+    if training_args.should_log and training_args.log_level == "passive":
+        return default_log_level()
+    return training_args.get_process_log_level()
+

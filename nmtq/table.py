@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import shlex
 import time
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ from .commands import parse_recipe, run_recipe
 from .env import describe_environment, environment
 from .errors import NmtqError
 from .io import atomic_path, write_json_atomic, write_text_atomic
+
+logger = logging.getLogger(__name__)
 
 TABLE_METHODS = ("fp", "kd", "ptq", "qd", "dq")
 
@@ -142,7 +145,12 @@ def plan(args: TableArguments) -> tuple[list[str], Path, list[Run]]:
     return teacher_argv, teacher_dir, runs
 
 
-def _call(argv: list[str], output_dir: Path, what: str, log) -> tuple[dict, float | None]:
+def _log(started: float, message: str) -> None:
+    """A message of the table, tagged with the seconds since it ``started``: ``[nmtq table    12 s] message``."""
+    logger.info(message, extra={"tag": f"nmtq table {time.monotonic() - started:6.0f} s"})
+
+
+def _call(argv: list[str], output_dir: Path, what: str, started: float) -> tuple[dict, float | None]:
     """Run ``nmtq ARGV`` in this process (:func:`nmtq.commands.run_recipe`) unless it has finished before; resume it
     from its last checkpoint if it was cut off.
 
@@ -152,7 +160,7 @@ def _call(argv: list[str], output_dir: Path, what: str, log) -> tuple[dict, floa
 
     metrics_file, time_file = files.metrics_file(output_dir), output_dir / files.RUN_TIME
     if metrics_file.is_file():
-        log(f"{what}: finished before, reusing {output_dir}")
+        _log(started, f"{what}: finished before, reusing {output_dir}")
         seconds = json.loads(time_file.read_text())["seconds"] if time_file.is_file() else None
         return json.loads(metrics_file.read_text()), seconds
     if last_complete_checkpoint(str(output_dir)):
@@ -177,18 +185,16 @@ def make_table(args: TableArguments) -> dict:
     teacher_argv, teacher_dir, runs = plan(args)
     from .methods import fp32_size
     from .models import load_model
+    from .runs import show_messages
     from .student import depth
 
     out = Path(args.output_dir)
     started, total = time.monotonic(), len(runs) + 1
-
-    def log(message: str) -> None:
-        print(f"[nmtq table {time.monotonic() - started:6.0f} s] {message}", flush=True)
-
+    show_messages()
     task = TASKS[args.task]
     keys = [key for _, key, _ in task.metrics]
-    log(f"1/{total}: teacher ({teacher_dir})")
-    teacher, seconds = _call(teacher_argv, teacher_dir, "teacher", log)
+    _log(started, f"1/{total}: teacher ({teacher_dir})")
+    teacher, seconds = _call(teacher_argv, teacher_dir, "teacher", started)
     if args.task == "translation":  # nmtq train's metrics carry no size: measure the saved teacher
         model = load_model(teacher_dir)
         encoder_layers, decoder_layers = depth(model.config)
@@ -198,8 +204,8 @@ def make_table(args: TableArguments) -> dict:
              "bytes": teacher["bytes"], "ratio_vs_fp32_teacher": 1.0, "seconds": seconds,
              **{k: teacher[k] for k in keys}}]
     for i, run in enumerate(runs, start=2):
-        log(f"{i}/{total}: {run.name} ({run.output_dir})")
-        metrics, seconds = _call(run.argv, run.output_dir, run.name, log)
+        _log(started, f"{i}/{total}: {run.name} ({run.output_dir})")
+        metrics, seconds = _call(run.argv, run.output_dir, run.name, started)
         rows.append({"name": run.name, "student": run.student, "method": run.method, "bits": metrics["bits"],
                      "seconds": seconds, "shape": shape(metrics), **{k: metrics.get(k) for k in (
                          *keys, "bytes", "huffman_bytes", "ratio_vs_fp32_teacher")}})
@@ -214,7 +220,7 @@ def make_table(args: TableArguments) -> dict:
     if args.plot:
         plot(rows, chart, task)
     print(markdown, flush=True)
-    log(f"done: {out / files.TABLE_MD}" + (f", {chart}" if args.plot else ""))
+    _log(started, f"done: {out / files.TABLE_MD}" + (f", {chart}" if args.plot else ""))
     return result
 
 

@@ -9,6 +9,8 @@ the training examples and the settings), so a changed teacher or corpus never re
   the teacher's ``k`` most likely tokens and their log-probabilities, ``topk-NNNNN.safetensors``; read back
   lazily (memory-mapped), a shard at a time.
 
+:class:`DistillationCollator` puts them into a student's batches, beside the padded references.
+
 Every shard is written atomically, so a run killed mid-way keeps the shards it finished and the next run
 computes only the rest. With several processes each computes every ``num_processes``-th shard.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,6 +31,9 @@ from . import files
 from .errors import NmtqError
 from .io import atomic_path, sweep_temporary_files, write_json_atomic, write_text_atomic
 from .losses import TopK, top_k
+from .models import decoder_inputs_from_labels
+
+logger = logging.getLogger(__name__)
 
 
 def _json_value(value: Any) -> Any:
@@ -87,14 +93,14 @@ class _Shards:
         return range(shard * self.shard_size, min((shard + 1) * self.shard_size, self.num_examples))
 
     def fill(self, compute: Callable[[int], None], process_index: int, num_processes: int,
-             wait: Callable[[], None], log: Callable[[str], None]) -> None:
+             wait: Callable[[], None]) -> None:
         """Compute this process's missing shards, then wait until every process has written its own."""
         todo = [i for i in range(self.count) if i % num_processes == process_index and not self.path(i).is_file()]
         if process_index == 0:
             sweep_temporary_files(self.directory)  # the shards a killed run was writing
             write_json_atomic(self.directory / files.TEACHER_CACHE_META, self.meta)
             done = sum(self.path(i).is_file() for i in range(self.count))
-            log(f"teacher cache {self.directory}: {done} of {self.count} {self.prefix} shards present")
+            logger.info(f"teacher cache {self.directory}: {done} of {self.count} {self.prefix} shards present")
         for shard in todo:
             compute(shard)
         wait()
@@ -106,8 +112,7 @@ class _Shards:
 
 def cache_translations(teacher, tokenizer, sources: Sequence[str], directory: str | Path, *, num_beams: int,
                        max_new_tokens: int, batch_size: int, shard_size: int = 2048, process_index: int = 0,
-                       num_processes: int = 1, wait: Callable[[], None] = lambda: None,
-                       log: Callable[[str], None] = print) -> list[str]:
+                       num_processes: int = 1, wait: Callable[[], None] = lambda: None) -> list[str]:
     """The teacher's beam-search translation of each source, computed once into ``directory`` and read back."""
     from .decoding import translate
 
@@ -120,7 +125,7 @@ def cache_translations(teacher, tokenizer, sources: Sequence[str], directory: st
                             max_new_tokens=max_new_tokens, batch_size=batch_size, progress=process_index == 0)
         write_text_atomic(shards.path(shard), "".join(json.dumps(t, ensure_ascii=False) + "\n" for t in outputs))
 
-    shards.fill(compute, process_index, num_processes, wait, log)
+    shards.fill(compute, process_index, num_processes, wait)
     translations: list[str] = []
     for shard in range(shards.count):
         lines = shards.path(shard).read_text(encoding="utf-8").splitlines()
@@ -168,7 +173,7 @@ class TopKCache:
 
 def cache_top_k(teacher, rows: Sequence[dict], collate: Callable[[list[dict]], dict], directory: str | Path, *,
                 k: int, batch_size: int, shard_size: int = 2048, process_index: int = 0, num_processes: int = 1,
-                wait: Callable[[], None] = lambda: None, log: Callable[[str], None] = print) -> TopKCache:
+                wait: Callable[[], None] = lambda: None) -> TopKCache:
     """The teacher's top-``k`` log-probabilities at every target token of ``rows`` (``input_ids``, ``labels``).
 
     ``collate`` pads a list of rows into a batch with ``decoder_input_ids`` (``DataCollatorForSeq2Seq`` given the
@@ -205,10 +210,56 @@ def cache_top_k(teacher, rows: Sequence[dict], collate: Callable[[list[dict]], d
             save_file({"ids": torch.cat(ids), "log_probs": torch.cat(log_probs),
                        "lengths": torch.tensor([len(t) for t in ids], dtype=torch.int64)}, str(tmp))
 
-    shards.fill(compute, process_index, num_processes, wait, log)
+    shards.fill(compute, process_index, num_processes, wait)
     return TopKCache(shards)
 
 
 def cache_directory(root: str | Path, kind: str, *parts: Any) -> Path:
     """``root/kind-FINGERPRINT``: one directory per distinct teacher, data and settings."""
     return Path(root) / f"{kind}-{fingerprint(*parts)}"
+
+
+class DistillationCollator:
+    """Pads a batch as ``DataCollatorForSeq2Seq`` does, plus what distillation adds to each example.
+
+    * ``teacher_labels`` (sequence-level KD beside the references) become ``sequence_labels`` and
+      ``sequence_decoder_input_ids``;
+    * ``example_id`` looks up the cached teacher top-k of each target stream, padded to the labels' length:
+      ``teacher_ids`` / ``teacher_log_probs`` and ``sequence_teacher_ids`` / ``sequence_teacher_log_probs``.
+    """
+
+    def __init__(self, tokenizer, model, top_k: dict[str, TopKCache] | None = None) -> None:
+        from transformers import DataCollatorForSeq2Seq
+
+        self.model = model
+        self.pad = DataCollatorForSeq2Seq(tokenizer, model=model)
+        self.top_k = top_k or {}
+
+    def _padded(self, features: list[dict]) -> dict:
+        """``DataCollatorForSeq2Seq``'s batch, with ``decoder_input_ids`` for every family (M2M100 and NLLB have
+        no ``prepare_decoder_input_ids_from_labels``, so the collator leaves them out)."""
+        batch = self.pad(features)
+        if "labels" in batch and "decoder_input_ids" not in batch:
+            batch["decoder_input_ids"] = decoder_inputs_from_labels(self.model, batch["labels"])
+        return batch
+
+    def __call__(self, features: list[dict]) -> dict:
+        batch = self._padded([{k: f[k] for k in ("input_ids", "attention_mask", "labels") if k in f}
+                              for f in features])
+        if "teacher_labels" in features[0]:
+            sequence = self._padded([{"input_ids": f["input_ids"], "labels": f["teacher_labels"]} for f in features])
+            batch["sequence_labels"] = sequence["labels"]
+            batch["sequence_decoder_input_ids"] = sequence["decoder_input_ids"]
+        for stream, cache in self.top_k.items():
+            prefix = "" if stream == "labels" else "sequence_"
+            length = batch[prefix + "labels"].shape[1]
+            ids = torch.zeros(len(features), length, cache.k, dtype=torch.long)
+            log_probs = torch.zeros(len(features), length, cache.k)
+            for i, f in enumerate(features):
+                cached = cache[f["example_id"]]
+                if len(cached.ids) != len(f[stream]):
+                    raise NmtqError(f"the teacher cache has {len(cached.ids)} tokens for example {f['example_id']}"
+                                     f" but it has {len(f[stream])}: the cache is stale; delete it")
+                ids[i, :len(cached.ids)], log_probs[i, :len(cached.ids)] = cached.ids, cached.log_probs.float()
+            batch[prefix + "teacher_ids"], batch[prefix + "teacher_log_probs"] = ids, log_probs
+        return batch

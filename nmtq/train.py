@@ -11,6 +11,7 @@ split with beam search and print sacreBLEU BLEU and chrF and the perplexity.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, TrainerCallback
@@ -23,6 +24,8 @@ from .io import write_json_atomic
 from .models import build_model, check_model_source, enable_generation_cache, load_model
 from .runs import start_run, time_budget
 from .tokenizer import encode_targets, load_tokenizer, train_tokenizer
+
+logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
 
@@ -44,7 +47,7 @@ class EpochsThisRun(TrainerCallback):
         return (state.epoch or 0.0) - self.start
 
 
-def load_splits(data_args: DataArguments, log) -> dict:
+def load_splits(data_args: DataArguments) -> dict:
     """Cleaned train/validation/test datasets (columns ``source``, ``target``); cleaning reports are logged."""
     from .data import load_corpus
 
@@ -55,7 +58,7 @@ def load_splits(data_args: DataArguments, log) -> dict:
         limit = data_args.max_train_samples if split == "train" else data_args.max_eval_samples
         if limit is not None and len(dataset) > limit:
             dataset = dataset.select(range(limit))
-        log(f"{split}: {data_args.spec(split)}: {report}" + (f"; using {len(dataset):,}" if limit else ""))
+        logger.info(f"{split}: {data_args.spec(split)}: {report}" + (f"; using {len(dataset):,}" if limit else ""))
         splits[split] = dataset
     return splits
 
@@ -112,20 +115,20 @@ def train_teacher(data_args: DataArguments, model_args: ModelArguments, training
     """Train (or resume) a teacher and return its test metrics (also written to ``output_dir/test``)."""
     from .hub import check_push_to_hub
 
-    log, checkpoint = start_run(training_args, [model_args.model_name_or_path, model_args.tokenizer_name_or_path],
-                                data_args.local_paths())
+    checkpoint = start_run(training_args, [model_args.model_name_or_path, model_args.tokenizer_name_or_path],
+                           data_args.local_paths())
     check_model_source(model_args.model_name_or_path, "model")
     check_model_source(model_args.tokenizer_name_or_path, "tokenizer", tokenizer_only=True)
     check_push_to_hub(training_args)  # fail now, not after the data is prepared
-    splits = load_splits(data_args, log)
+    splits = load_splits(data_args)
     with training_args.main_process_first(desc="tokenizer"):
         tokenizer = get_tokenizer(model_args, data_args, splits["train"], training_args.output_dir,
                                   resuming=checkpoint is not None)
-    log(f"tokenizer: {len(tokenizer):,} ids")
+    logger.info(f"tokenizer: {len(tokenizer):,} ids")
     train_set = tokenize(splits["train"], tokenizer, data_args.max_source_length, data_args.max_target_length)
     eval_set = tokenize(splits["validation"], tokenizer, data_args.max_source_length,
                         data_args.max_target_length)
-    log(f"training pairs within {data_args.max_source_length}/{data_args.max_target_length} pieces: "
+    logger.info(f"training pairs within {data_args.max_source_length}/{data_args.max_target_length} pieces: "
         f"{len(train_set):,} of {len(splits['train']):,}")
     if len(train_set) == 0:
         raise NmtqError("no training pair is short enough: raise max_source_length / max_target_length")
@@ -134,7 +137,7 @@ def train_teacher(data_args: DataArguments, model_args: ModelArguments, training
     else:
         model = build_model(model_args.architecture(), len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id,
                             data_args.source_lang, data_args.target_lang)
-    log(f"model: {type(model).__name__}, {sum(p.numel() for p in model.parameters()):,} parameters; "
+    logger.info(f"model: {type(model).__name__}, {sum(p.numel() for p in model.parameters()):,} parameters; "
         f"processes: {training_args.world_size} ({training_args.distributed_state.distributed_type})")
     epochs = EpochsThisRun()
     callbacks = [epochs, *time_budget(training_args)]
@@ -149,11 +152,11 @@ def train_teacher(data_args: DataArguments, model_args: ModelArguments, training
     trainer.save_model(training_args.output_dir)
     target_tokens = sum(len(labels) for labels in train_set["labels"]) * epochs.covered(trainer.state)
     throughput = target_tokens / max(result.metrics["train_runtime"], 1e-9)
-    log(f"trained {trainer.state.global_step} steps in {result.metrics['train_runtime']:.0f} s: "
+    logger.info(f"trained {trainer.state.global_step} steps in {result.metrics['train_runtime']:.0f} s: "
         f"{throughput:,.0f} target tokens/s")
     metrics: dict = {}
     if trainer.is_world_process_zero():
-        metrics = score_test_split(trainer.model, tokenizer, splits["test"], data_args, training_args, log)
+        metrics = score_test_split(trainer.model, tokenizer, splits["test"], data_args, training_args)
         metrics["train_target_tokens_per_second"] = round(throughput, 1)
         metrics["train_runtime_seconds"] = round(result.metrics["train_runtime"], 1)
         write_json_atomic(files.metrics_file(training_args.output_dir), metrics)
@@ -161,19 +164,19 @@ def train_teacher(data_args: DataArguments, model_args: ModelArguments, training
     return metrics
 
 
-def score_test_split(model, tokenizer, test_set, data_args: DataArguments, training_args: NmtTrainingArguments,
-                     log) -> dict:
+def score_test_split(model, tokenizer, test_set, data_args: DataArguments, training_args: NmtTrainingArguments) -> dict:
     """Translate the test split with beam search and score it (BLEU, chrF, perplexity)."""
     from .evaluation import evaluate_model, format_metrics, keep_short_pairs
 
     sources, references = list(test_set["source"]), list(test_set["target"])
     if data_args.test_max_length:
         sources, references = keep_short_pairs(tokenizer, sources, references, data_args.test_max_length)
-        log(f"test pairs with at most {data_args.test_max_length} pieces a side: {len(sources):,} of {len(test_set):,}")
+        logger.info(f"test pairs with at most {data_args.test_max_length} pieces a side: {len(sources):,} of "
+                    f"{len(test_set):,}")
     model.eval()
     metrics = evaluate_model(model, tokenizer, sources, references, num_beams=training_args.num_beams,
                              max_new_tokens=training_args.max_new_tokens,
                              batch_size=training_args.per_device_eval_batch_size,
                              output_dir=Path(training_args.output_dir) / files.TEST_DIR)
-    log("test split:\n" + format_metrics(metrics))
+    logger.info("test split:\n" + format_metrics(metrics))
     return metrics

@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,8 @@ from .io import write_json_atomic
 from .losses import TopK, distillation_loss
 from .methods import QuantizedTrainingMixin, finish_quantization, fp32_size
 from .quant import Quantizer, SizeReport
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -99,7 +102,7 @@ class DistillationTrainer(QuantizedTrainingMixin, Trainer):
 
 
 def save_and_score(student, quantizer: Quantizer | None, training_args, score: Callable[[object, dict], dict],
-                   log, teacher_size: SizeReport | None = None, save_beside: Callable[[Path], None] | None = None,
+                   teacher_size: SizeReport | None = None, save_beside: Callable[[Path], None] | None = None,
                    headline: Callable[[dict], str] | None = None) -> dict:
     """The end of every run: quantize for real (:func:`nmtq.methods.finish_quantization`); then, on the main
     process, save the model (its weights = the decoded codes), what ``save_beside(output_dir)`` adds (a
@@ -121,6 +124,6 @@ def save_and_score(student, quantizer: Quantizer | None, training_args, score: C
             save_codes(finished.codes, output_dir / files.CODES)  # the exact integer codes behind the saved weights
         metrics = score(student, finished.metrics(teacher_size))
         write_json_atomic(files.metrics_file(output_dir), metrics)
-        log((headline(metrics) if headline is not None else "") + finished.summary(teacher_size))
+        logger.info((headline(metrics) if headline is not None else "") + finished.summary(teacher_size))
     training_args.distributed_state.wait_for_everyone()
     return metrics

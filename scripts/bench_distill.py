@@ -68,7 +68,7 @@ def bench_steps(teacher, tokenizer, pairs, student, batch_size: int, k: int, rep
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         cache = cache_top_k(teacher.eval(), rows, DataCollatorForSeq2Seq(tokenizer, model=student), tmp, k=k,
-                            batch_size=batch_size, log=lambda _: None)
+                            batch_size=batch_size)
         cache_seconds = time.perf_counter() - start
         batch = DistillationCollator(tokenizer, student, {"labels": cache})(rows)
         configs = {

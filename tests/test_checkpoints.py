@@ -1,6 +1,7 @@
 """Resuming only from whole checkpoints: truncated safetensors, pickled weights and missing shards are passed over."""
 
 import json
+import logging
 import os
 import struct
 from pathlib import Path
@@ -21,6 +22,17 @@ from nmtq.checkpoints import (
     weights_problem,
 )
 from nmtq.errors import NmtqError
+from nmtq.runs import process_log_level, show_messages
+
+
+@pytest.fixture
+def shown(capsys):
+    """Shows nmtq's messages as a training run does, and gives what they printed; the level is restored after."""
+    level = logging.getLogger("nmtq").level
+    show_messages(logging.INFO)
+    capsys.readouterr()
+    yield lambda: capsys.readouterr().out
+    logging.getLogger("nmtq").setLevel(level)
 
 
 def make_checkpoint(run: Path, step: int, weights: bool = True, state: str = '{"global_step": 0}') -> Path:
@@ -49,31 +61,34 @@ def training_args(run: Path, value) -> SimpleNamespace:
     return SimpleNamespace(resume_from_checkpoint=value, output_dir=str(run), process_index=0)
 
 
-def test_a_truncated_newest_checkpoint_falls_back_to_the_previous_complete_one(tmp_path):
+def test_a_truncated_newest_checkpoint_falls_back_to_the_previous_complete_one(tmp_path, shown):
     for step in (2, 4, 6):
         make_checkpoint(tmp_path, step)
     truncate_to_half(tmp_path / "checkpoint-6" / "model.safetensors")
-    messages = []
-    assert last_complete_checkpoint(str(tmp_path), log=messages.append) == str(tmp_path / "checkpoint-4")
-    assert len(messages) == 1 and messages[0].startswith("skipping checkpoint-6: its model.safetensors is truncated")
+    assert last_complete_checkpoint(str(tmp_path), report_skipped=True) == str(tmp_path / "checkpoint-4")
+    messages = shown().splitlines()
+    assert len(messages) == 1 and messages[0].startswith("[nmtq] skipping checkpoint-6: its model.safetensors is "
+                                                         "truncated")
+    assert last_complete_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-4") and shown() == ""
     assert weights_are_complete(tmp_path / "checkpoint-4") and not weights_are_complete(tmp_path / "checkpoint-6")
 
 
-def test_resume_last_says_what_it_skipped_and_resumes_from_the_complete_one(tmp_path, capsys):
+def test_resume_last_says_what_it_skipped_and_resumes_from_the_complete_one(tmp_path, shown):
     make_checkpoint(tmp_path, 2)
     make_checkpoint(tmp_path, 4)
     truncate_to_half(tmp_path / "checkpoint-4" / "model.safetensors")
     assert resolve_checkpoint(training_args(tmp_path, "last")) == str(tmp_path / "checkpoint-2")
-    out = capsys.readouterr().out
+    out = shown()
     assert "[nmtq] skipping checkpoint-4: its model.safetensors is truncated" in out
     assert f"[nmtq] resuming from {tmp_path / 'checkpoint-2'}" in out
 
 
-def test_only_the_main_process_prints(tmp_path, capsys):
+def test_only_the_main_process_prints(tmp_path, shown):
     make_checkpoint(tmp_path, 2)
-    args = SimpleNamespace(resume_from_checkpoint="last", output_dir=str(tmp_path), process_index=1)
-    assert resolve_checkpoint(args) == str(tmp_path / "checkpoint-2")
-    assert capsys.readouterr().out == ""
+    replica = SimpleNamespace(should_log=False, log_level="passive", get_process_log_level=lambda: logging.WARNING)
+    show_messages(process_log_level(replica))  # what start_run does on another process
+    assert resolve_checkpoint(training_args(tmp_path, "last")) == str(tmp_path / "checkpoint-2")
+    assert shown() == ""
 
 
 def test_a_checkpoint_with_only_pickled_weights_is_never_resumed_from(tmp_path):

@@ -262,7 +262,7 @@ def test_cached_top_k_with_the_whole_vocabulary_gives_the_live_teachers_loss(cor
     rows = [{"input_ids": features["input_ids"][i], "labels": features["labels"][i], "example_id": i}
             for i in range(len(GERMAN))]
     cache = cache_top_k(teacher, rows, DataCollatorForSeq2Seq(tokenizer, model=student), tmp_path / "topk",
-                        k=vocab, batch_size=5, shard_size=7, log=lambda _: None)
+                        k=vocab, batch_size=5, shard_size=7)
     live, _ = trainer_for(teacher_dir, corpus, tmp_path, student)
     batch = DistillationCollator(tokenizer, student, {"labels": cache})([rows[i] for i in (3, 0, 11, 8)])
     assert batch["teacher_ids"].shape == (*batch["labels"].shape, vocab)

@@ -16,6 +16,7 @@ the ``environment`` they were measured in: :mod:`nmtq.env`).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import torch
@@ -34,6 +35,8 @@ from .models import (
     load_classifier,
     read_classifier_config,
 )
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -141,8 +144,8 @@ def distill_images(data_args: ImageDataArguments, model_args: ImageModelArgument
     if training_args.push_to_hub:
         raise NmtqError("nmtq distill-images does not push: the Trainer would upload fp32 checkpoints, not the "
                          "quantized model; push the run directory with `nmtq push DIR --repo-id NAME`")
-    log, checkpoint = start_run(training_args, [method_args.teacher, method_args.student_name_or_path],
-                                [data_args.data], method_args.checkpoint_last_file)
+    checkpoint = start_run(training_args, [method_args.teacher, method_args.student_name_or_path], [data_args.data],
+                           method_args.checkpoint_last_file)
     data = load_image_data(data_args.data, seed=data_args.split_seed,
                            validation_fraction=data_args.validation_fraction, test_fraction=data_args.test_fraction,
                            max_train_samples=data_args.max_train_samples)
@@ -157,17 +160,17 @@ def distill_images(data_args: ImageDataArguments, model_args: ImageModelArgument
             student = CifarResNetForImageClassification(model_args.config(
                 num_channels=data.num_channels, num_labels=data.num_labels, image_mean=list(data.mean),
                 image_std=list(data.std)))
-    log(f"{data.spec}: {len(data.train):,} train / {len(data.validation):,} validation / {len(data.test):,} test "
-        f"images, {data.num_labels} classes; {student.config.architecture}-{student.config.depth} "
-        f"x{student.config.widen_factor}, {sum(p.numel() for p in student.parameters()):,} parameters; "
-        f"method {method_args.method}")
+    logger.info(f"{data.spec}: {len(data.train):,} train / {len(data.validation):,} validation / "
+                f"{len(data.test):,} test images, {data.num_labels} classes; {student.config.architecture}-"
+                f"{student.config.depth} x{student.config.widen_factor}, "
+                f"{sum(p.numel() for p in student.parameters()):,} parameters; method {method_args.method}")
     train_set = ImageDataset(data.train)
     collator = ImageCollator(augment=data_args.augment, crop_padding=data_args.crop_padding, flip=data_args.flip)
 
     # --mean_bits measures gradients on training images as they are, not augmented
-    quantizer = prepare_quantizer(student, method_args, quant_config, log, teacher, train_set, ImageCollator())
+    quantizer = prepare_quantizer(student, method_args, quant_config, teacher, train_set, ImageCollator())
     if method_args.method != "ptq":
-        callbacks = time_budget(training_args) + method_callbacks(quantizer, method_args, checkpoint, log)
+        callbacks = time_budget(training_args) + method_callbacks(quantizer, method_args, checkpoint)
         trainer = DistillationTrainer(
             model=student, args=training_args, train_dataset=train_set, data_collator=collator, callbacks=callbacks,
             eval_dataset=ImageDataset(data.validation) if len(data.validation) else None,
@@ -176,11 +179,11 @@ def distill_images(data_args: ImageDataArguments, model_args: ImageModelArgument
             quantizer=quantizer, alternate_every=method_args.alternate_every)
         trainer.train(resume_from_checkpoint=checkpoint)
         training_args.distributed_state.wait_for_everyone()
-    return _finish(student, quantizer, teacher, data, method_args, training_args, log)
+    return _finish(student, quantizer, teacher, data, method_args, training_args)
 
 
 def _finish(student, quantizer, teacher, data: ImageData, method_args: ImageDistillArguments,
-            training_args: ImageTrainingArguments, log) -> dict:
+            training_args: ImageTrainingArguments) -> dict:
     """Quantize for real, save the model (weights = decoded codes) and its codes, and score the test split."""
     def score(model, size: dict) -> dict:
         config = model.config
@@ -189,6 +192,6 @@ def _finish(student, quantizer, teacher, data: ImageData, method_args: ImageDist
                 "architecture": config.architecture, "depth": config.depth, "widen_factor": config.widen_factor,
                 "parameters": sum(p.numel() for p in model.parameters()), "environment": environment()}
 
-    return save_and_score(student, quantizer, training_args, score, log,
+    return save_and_score(student, quantizer, training_args, score,
                           fp32_size(teacher) if teacher is not None else None,
                           headline=lambda m: f"test accuracy {m['accuracy']:.2f}% on {m['examples']:,} images; ")
