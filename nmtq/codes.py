@@ -184,10 +184,9 @@ def _decode(name: str, info: Mapping, tensors: Mapping[str, torch.Tensor], stora
         mask, legacy_raw = tensors.get(f"{name}.mask"), "stored_codes" not in info  # nmtq.codes.v1
         if mask is not None:
             mask = (mask.reshape(-1) if legacy_raw else unpack_codes(mask, 1, numel)).bool().reshape(shape)
-        kept = info.get("stored_codes", numel if mask is None or legacy_raw else int(mask.sum()))
-        if legacy_raw and mask is not None:
-            kept = int(mask.sum())
-        elif mask is not None and int(mask.sum()) != kept:
+        # nmtq.codes.v1 stored a code for every weight and no count: the kept ones are the mask's
+        kept = int(mask.sum()) if legacy_raw and mask is not None else info.get("stored_codes", numel)
+        if mask is not None and int(mask.sum()) != kept:
             raise NmtqError(f"the mask keeps {int(mask.sum())} weights but {kept} codes are stored")
         elif mask is None and kept != numel:
             raise NmtqError(f"{kept} codes are stored for {numel} weights and there is no mask")
