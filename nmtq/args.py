@@ -28,7 +28,7 @@ MODEL_TYPES = ("marian", "fsmt", "bart")
 class DataArguments:
     """Where the parallel text comes from and which pairs are kept."""
 
-    data: str = field(default="bible", metadata={"help": "Data spec of the corpus (see nmtq.data): bible, "
+    data: str = field(default="bible", metadata={"help": "Data spec of the corpus (see nmtq.data_spec): bible, "
                                                  "bible:de-en, hf:wmt16:de-en, tsv:PATH, jsonl:PATH, text:SRC,TGT."})
     train_data: str | None = field(
         default=None, metadata={"help": "Data spec of the training split (default: data)."})
@@ -50,7 +50,7 @@ class DataArguments:
         default=None, metadata={"help": "Score only test pairs with at most this many pieces on each side."})
 
     def __post_init__(self) -> None:
-        from .data import check_data_spec
+        from .data_spec import check_data_spec
 
         for name in ("data", "train_data", "validation_data", "test_data"):
             if getattr(self, name) is not None:
@@ -65,7 +65,7 @@ class DataArguments:
 
     def local_paths(self) -> list[str]:
         """The local files and folders the data specs read (what a run must never write over)."""
-        from .data import parse_data_spec
+        from .data_spec import parse_data_spec
 
         paths = []
         for split in ("train", "validation", "test"):

@@ -226,7 +226,7 @@ def evaluate_directory(model_dir: str | os.PathLike, data_spec: str, split: str 
     Example:
         >>> evaluate_directory("runs/teacher", "bible", max_length=30, output_dir="runs/teacher/eval")  # doctest: +SKIP
     """
-    from .data import check_data_spec
+    from .data_spec import check_data_spec
     from .outputs import check_writable
 
     model_dir = Path(model_dir)

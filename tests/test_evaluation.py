@@ -271,9 +271,9 @@ def test_evaluate_directory_filters_by_length(model_dir, tmp_path, monkeypatch):
         calls.append((spec, split, source_lang, target_lang, max_words))
         return Dataset.from_dict({"source": SOURCES, "target": REFERENCES}), {"pairs": len(SOURCES)}
 
-    # a stand-in for nmtq.data, so this test does not depend on the data module
-    monkeypatch.setitem(sys.modules, "nmtq.data", types.SimpleNamespace(load_corpus=load_corpus,
-                                                                        check_data_spec=lambda spec: None))
+    # stand-ins for nmtq.data and nmtq.data_spec, so this test does not depend on the data modules
+    monkeypatch.setitem(sys.modules, "nmtq.data", types.SimpleNamespace(load_corpus=load_corpus))
+    monkeypatch.setitem(sys.modules, "nmtq.data_spec", types.SimpleNamespace(check_data_spec=lambda spec: None))
     tokenizer = load_tokenizer(model_dir)
     max_length = 8
     expected_kept = sum(len(tokenizer(de, add_special_tokens=False)["input_ids"]) <= max_length

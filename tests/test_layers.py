@@ -21,8 +21,9 @@ LAYERS: dict[int, tuple[str, ...]] = {
     2: ("nmtq.errors", "nmtq.losses"),
     # 3. models, data, tokenizer and the basic utilities everything above builds on
     3: ("nmtq.version", "nmtq.files", "nmtq.io", "nmtq.env", "nmtq.hub", "nmtq.distributed",
-        "nmtq.checkpoints", "nmtq.guard", "nmtq.outputs", "nmtq.codes", "nmtq.conventions", "nmtq.data",
-        "nmtq.tokenizer", "nmtq.vocab", "nmtq.models", "nmtq.lstm", "nmtq.student", "nmtq.decoding", "nmtq.exported",
+        "nmtq.checkpoints", "nmtq.guard", "nmtq.outputs", "nmtq.codes", "nmtq.conventions", "nmtq.data_spec",
+        "nmtq.data", "nmtq.tokenizer", "nmtq.vocab", "nmtq.models", "nmtq.lstm", "nmtq.student", "nmtq.decoding",
+        "nmtq.exported",
         "nmtq.lstm_cache", "nmtq.vision", "nmtq.vision.data", "nmtq.vision.models"),
     # 4. training: the recipe arguments, the shared run helpers, the trainers, the methods, the teacher cache
     4: ("nmtq.args", "nmtq.runs", "nmtq.train", "nmtq.methods", "nmtq.trainer", "nmtq.teacher_cache",
