@@ -246,9 +246,10 @@ def fp32_size(model) -> SizeReport:
     return size_report({}, stored_tensors(model, not_stored=not_stored(model)))
 
 
-def allocate_bits_by_gradient(quantizer: Quantizer, student, teacher, batches, mean_bits: float, alpha: float,
-                              temperature: float) -> dict[str, int]:
-    """Polino et al.'s heuristic: bits per tensor in proportion to the norm of the distillation loss gradient.
+def set_bits_by_distillation_gradient(quantizer: Quantizer, student, teacher, batches, mean_bits: float,
+                                      alpha: float, temperature: float) -> dict[str, int]:
+    """Polino et al.'s heuristic: set the quantizer's bits per tensor in proportion to the norm of the gradient of
+    the distillation loss, and return them.
 
     ``batches`` are model inputs with ``labels``; the student and the teacher both take the rest.
     """
@@ -287,8 +288,8 @@ def prepare_quantizer(student, method_args: MethodArguments, quant_config: Quant
             raise NmtqError("mean_bits spreads the bits by the gradient of the distillation loss: it needs the "
                              "teacher loaded (pass --teacher) and training data")
         batches = first_batches(train_set, collator)
-        bits = allocate_bits_by_gradient(quantizer, student, teacher, batches, method_args.mean_bits,
-                                         method_args.alpha, method_args.temperature)
+        bits = set_bits_by_distillation_gradient(quantizer, student, teacher, batches, method_args.mean_bits,
+                                                 method_args.alpha, method_args.temperature)
         logger.info(f"bits by gradient norm (mean {method_args.mean_bits}): {sorted(set(bits.values()))}")
     if method_args.method == "dq" and method_args.alternate_every is None:
         quantizer.train_points_only()
