@@ -143,7 +143,7 @@ def model_card(facts: CardFacts) -> str:
         f"`{files.WEIGHTS}` holds the integer codes bit-packed (or Huffman-coded), the per-bucket ranges, learned "
         "points and pruning masks, and every other tensor at its own dtype; the `quantization_config` of "
         f"`{files.CONFIG}` says how they are stored. `from_pretrained` after `import nmtq` (or "
-        "`nmtq.export.load_exported`) decodes them into exactly the weights the student was scored with; without "
+        "`nmtq.exported.load_exported`) decodes them into exactly the weights the student was scored with; without "
         "nmtq, transformers refuses the folder rather than load it with random weights.",
         *(f"\n{note}" for note in facts.notes), "",
     ]

@@ -5,11 +5,12 @@ distill`` into a folder for the Hub: one ``model.safetensors`` in nmtq's format 
 that were scored, bit-packed or Huffman-coded, beside every other tensor), config.json whose
 ``quantization_config`` (``quant_method: nmtq``) says how they are stored and what the size accounting counts,
 the tokenizer and a model card. ``import nmtq`` lets ``from_pretrained`` load it (:mod:`nmtq.hf`), codes packed in
-memory; ``load_exported`` (:mod:`nmtq.exported`, named here too) reads it back with every weight decoded. Either
-way the outputs equal the student's exactly, and nothing is unpickled. ``export_size`` compares the file with the
+memory; :func:`nmtq.exported.load_exported` reads it back with every weight decoded. Either way the outputs
+equal the student's exactly, and nothing is unpickled. :func:`nmtq.exported.export_size` compares the file with the
 size accounting (:mod:`nmtq.quant.size`), the ``bytes`` of the student's metrics.
 
 Example:
+    >>> from nmtq.exported import load_exported
     >>> report = export_model("runs/bible-de-en-qd4", "exports/bible-de-en-qd4")  # doctest: +SKIP
     >>> model, tokenizer = load_exported("exports/bible-de-en-qd4")  # doctest: +SKIP
 """
@@ -28,22 +29,13 @@ from . import files
 from .card import CardFacts, model_card
 from .codes import FORMAT, read_codes, save_codes
 from .errors import NmtqError
-from .exported import (
-    IMAGE_MODEL_TYPE,
-    ExportSize,
-    check_vocab,
-    export_config,
-    export_size,
-    is_image_model,
-    load_exported,
-)
+from .exported import ExportSize, check_vocab, export_config, export_size, is_image_model
 from .io import read_json_object, write_dir_atomic
 from .models import not_stored
 from .quant import size_report
 from .quant.size import stored_tensors
 
-__all__ = ["IMAGE_MODEL_TYPE", "ExportReport", "ExportSize", "export_config", "export_model", "export_size",
-           "load_exported"]  # the readers are nmtq.exported's, named here too
+__all__ = ["ExportReport", "export_model"]
 
 
 @dataclass(frozen=True)
@@ -101,7 +93,7 @@ def export_model(model_dir: str | os.PathLike, out_dir: str | os.PathLike, huffm
     """Write a Hub-ready folder for the quantized student in ``model_dir`` (an ``nmtq distill`` output_dir).
 
     ``out_dir`` gets config.json (its ``quantization_config`` says how the codes are stored, see
-    :func:`export_config`), generation_config.json, the tokenizer files, README.md (model card) and one
+    :func:`nmtq.exported.export_config`), generation_config.json, the tokenizer files, README.md (model card) and one
     ``model.safetensors`` (:mod:`nmtq.codes`): the codes bit-packed (Huffman-coded with ``huffman``), per-bucket
     ranges, points and packed masks under ``<param>.codes``/``.ranges``/``.points``/``.mask``, and
     every other tensor of ``model_dir/model.safetensors`` under its own name at its own dtype (read through the
@@ -109,7 +101,7 @@ def export_model(model_dir: str | os.PathLike, out_dir: str | os.PathLike, huffm
     ``_keys_to_ignore_on_save`` are left out, as :meth:`Quantizer.size` counts them). ``dequantize`` also writes
     ``out_dir/dequantized/``, a plain transformers checkpoint of the decoded weights. Everything is checked
     before anything is written; the folder is built beside ``out_dir`` and renamed into place (a previous
-    export there is replaced). Load it with :func:`load_exported`.
+    export there is replaced). Load it with :func:`nmtq.exported.load_exported`.
 
     ``teacher`` and ``dataset`` name them in the model card (default: ``metrics.json``'s, if recorded).
     Only quantized students are exported (a full-precision one raises ``ValueError``: it is already a

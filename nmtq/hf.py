@@ -5,7 +5,7 @@ with transformers.
 (``register_quantization_config``, ``register_quantizer``), and nmtq's own model types (the LSTM student, the
 CIFAR ResNets). Then ``AutoModelForSeq2SeqLM.from_pretrained(folder_or_hub_id)`` (or
 ``AutoModelForImageClassification``) loads a folder written by ``nmtq export``, whose ``config.json`` says
-``quant_method: nmtq``, into the student with exactly the weights :func:`nmtq.export.load_exported` gives:
+``quant_method: nmtq``, into the student with exactly the weights :func:`nmtq.exported.load_exported` gives:
 
 * before the weights load, the quantizer reads the codes of the checkpoint file (:func:`nmtq.codes.read_codes`)
   and tells transformers that the quantized weights are not missing (it sets them) and that their stored parts

@@ -43,7 +43,7 @@ from nmtq.ct2 import Ct2Translator, convert_to_ctranslate2, student_int8_bits
 from nmtq.data import load_corpus
 from nmtq.env import describe_environment, environment
 from nmtq.evaluation import corpus_scores, keep_short_pairs, translate
-from nmtq.export import export_config, load_exported
+from nmtq.exported import export_config, load_exported
 from nmtq.io import write_json_atomic, write_text_atomic
 from nmtq.models import load_model
 from nmtq.tokenizer import load_tokenizer

@@ -139,7 +139,8 @@ def family_runs(family, tmp_path_factory):
 
 @pytest.mark.parametrize("name", ["marian", "bart", "mbart50", "m2m100", "nllb", "t5", "fsmt"])
 def test_every_method_distils_each_family_and_the_export_gives_the_students_logits(name, family_runs, tmp_path):
-    from nmtq.export import export_model, load_exported
+    from nmtq.export import export_model
+    from nmtq.exported import load_exported
     from nmtq.models import decoder_inputs_from_labels, load_model
     from nmtq.student import depth
     from nmtq.tokenizer import encode_targets

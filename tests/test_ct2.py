@@ -135,7 +135,8 @@ def test_a_model_folder_is_converted_on_the_fly(marian):
 def test_an_nmtq_export_folder_converts_exactly(marian, tmp_path):
     from test_distill import distill_argv
 
-    from nmtq.export import export_model, load_exported
+    from nmtq.export import export_model
+    from nmtq.exported import load_exported
 
     student, export = tmp_path / "student", tmp_path / "export"
     assert main(distill_argv(marian.parent / "pairs.tsv", marian, student, "--student_decoder_layers", "1",

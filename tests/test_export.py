@@ -14,7 +14,7 @@ from test_distill import distill_argv
 
 from nmtq.cli import main
 from nmtq.codes import HEADER_KEY
-from nmtq.export import export_config, export_size, load_exported
+from nmtq.exported import export_config, export_size, load_exported
 from nmtq.models import load_model
 
 # ---------------------------------------------------------------------------------------------- Hub-ready exports

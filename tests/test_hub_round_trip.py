@@ -18,7 +18,7 @@ from huggingface_hub import CommitOperationAdd, HfApi, RepoUrl, constants
 
 import nmtq.hub
 from nmtq.cli import main
-from nmtq.export import load_exported
+from nmtq.exported import load_exported
 
 STUDENTS = {"qd": ["--method", "qd", "--bits", "3", "--max_steps", "2"]}
 

@@ -152,7 +152,8 @@ DISTILL = ("--student_encoder_layers", "2", "--student_decoder_layers", "1", "--
 def test_a_trimmed_student_distils_evaluates_exports_and_converts(name, family, tmp_path, capsys):
     from nmtq.ct2 import Ct2Translator, convert_to_ctranslate2
     from nmtq.evaluation import translate
-    from nmtq.export import export_model, load_exported
+    from nmtq.export import export_model
+    from nmtq.exported import load_exported
     from nmtq.models import load_model
     from nmtq.tokenizer import load_tokenizer
 

@@ -162,6 +162,6 @@ def test_quantizer_quantizes_conv_and_linear_weights_only():
 
 
 def test_the_export_knows_the_image_model_type():
-    from nmtq.export import IMAGE_MODEL_TYPE
+    from nmtq.exported import IMAGE_MODEL_TYPE
 
     assert CifarResNetConfig.model_type == IMAGE_MODEL_TYPE

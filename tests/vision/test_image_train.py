@@ -149,7 +149,8 @@ def test_two_processes_distil_with_accelerate(teacher, tmp_path):
 def test_an_image_student_exports_and_loads_back_exactly(teacher, tmp_path):
     from huggingface_hub import ModelCard
 
-    from nmtq.export import export_model, load_exported
+    from nmtq.export import export_model
+    from nmtq.exported import load_exported
 
     run(tmp_path / "qd", "--method", "qd", "--teacher", str(teacher), "--bits", "3", "--max_steps", "2",
         "--sparsity", "0.5", "--prune_every", "1", "--prune_end_step", "1")
