@@ -27,7 +27,10 @@ class TopK(NamedTuple):
     """The teacher's ``k`` most likely classes per item and their log-probabilities (Apprentice's scheme B).
 
     ``ids`` and ``log_probs`` are ``(..., k)`` with ``...`` the logits' shape without the vocabulary: what a
-    cache of teacher outputs stores instead of the full ``(..., vocab)`` logits.
+    cache of teacher outputs stores instead of the full ``(..., vocab)`` logits. As the teacher of
+    :func:`distillation_loss`, its distribution is its ``k`` most likely classes renormalised at temperature ``T``,
+    and the KL divergence is taken over those classes against the student's full softmax; with ``k`` equal to the
+    vocabulary size this is the dense loss exactly.
     """
 
     ids: torch.Tensor
@@ -82,16 +85,10 @@ def _check(student_logits: torch.Tensor, teacher_logits: torch.Tensor | TopK, la
         raise NmtqError(f"temperature={temperature!r} must be positive (1.0 leaves the softmax unchanged)")
 
 
-def distillation_loss(
-    student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor | TopK,
-    labels: torch.Tensor,
-    alpha: float = 0.7,
-    temperature: float = 1.0,
-    ignore_index: int = -100,
-    num_items_in_batch: int | torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Hinton-style distillation loss averaged over the unmasked items.
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | TopK, labels: torch.Tensor,
+                      alpha: float = 0.7, temperature: float = 1.0, ignore_index: int = -100,
+                      num_items_in_batch: int | torch.Tensor | None = None) -> torch.Tensor:
+    """Hinton-style distillation loss averaged over the unmasked items, as a scalar tensor.
 
     Per item ``i`` (an example, or a target token of a seq2seq batch)::
 
@@ -104,21 +101,15 @@ def distillation_loss(
     The teacher logits are detached: no gradient reaches the teacher. The ``T**2`` factor keeps the
     gradient of the soft term on the same scale whatever the temperature (Hinton et al., 2015).
 
-    With a :class:`TopK` teacher (cached outputs), the teacher's distribution is its ``k`` most likely classes
-    renormalised at temperature ``T``, and the KL divergence is taken over those classes against the student's
-    full softmax; with ``k`` equal to the vocabulary size this is the dense loss exactly.
-
     Args:
         student_logits: ``(batch, vocab)`` or ``(batch, seq, vocab)``.
-        teacher_logits: same shape as ``student_logits`` (the vocabularies must be shared), or a :class:`TopK`.
+        teacher_logits: same shape as ``student_logits`` (the vocabularies must be shared), or a :class:`TopK`
+            of cached teacher outputs.
         labels: ``student_logits.shape[:-1]``, integer targets or ``ignore_index``.
         alpha: weight of the distillation term, in [0, 1]; 0 gives plain cross-entropy.
         temperature: softmax temperature ``T > 0`` of both distributions in the distillation term.
         ignore_index: label value of the positions to mask out (padding).
         num_items_in_batch: divide the summed loss by this instead of the number of unmasked items.
-
-    Returns:
-        A scalar tensor.
 
     Raises:
         ValueError: if the shapes disagree, ``alpha`` is outside [0, 1] or ``temperature`` is not positive.
@@ -132,24 +123,37 @@ def distillation_loss(
     """
     _check(student_logits, teacher_logits, labels, alpha, temperature)
     mask = labels != ignore_index
+    per_item = _per_item_loss(student_logits, teacher_logits, labels, mask, alpha, temperature)
+    total = torch.where(mask, per_item, torch.zeros_like(per_item)).sum()  # NaN-safe, unlike * mask
+    if num_items_in_batch is None:
+        return total / mask.sum().clamp(min=1)
+    return total / torch.as_tensor(num_items_in_batch, device=total.device).to(total.dtype)
+
+
+def _per_item_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | TopK, labels: torch.Tensor,
+                   mask: torch.Tensor, alpha: float, temperature: float) -> torch.Tensor:
+    """``loss_i`` of :func:`distillation_loss` for every item, masked ones included (their labels read as 0)."""
     dtype = torch.promote_types(student_logits.dtype, torch.float32)  # half precision overflows exp()
     student_logits = student_logits.to(dtype)
     per_item = student_logits.new_zeros(labels.shape)
     if alpha > 0:
-        log_p_student = F.log_softmax(student_logits / temperature, dim=-1)
-        if isinstance(teacher_logits, TopK):
-            log_p_student = log_p_student.gather(-1, teacher_logits.ids.long())
-            log_p_teacher = F.log_softmax(teacher_logits.log_probs.detach().to(dtype) / temperature, dim=-1)
-        else:
-            log_p_teacher = F.log_softmax(teacher_logits.detach().to(dtype) / temperature, dim=-1)
-        kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(dim=-1)
-        per_item = per_item + alpha * temperature**2 * kl
+        per_item = per_item + alpha * temperature**2 * _kl_per_item(student_logits, teacher_logits, temperature)
     if alpha < 1:
         safe_labels = torch.where(mask, labels, torch.zeros_like(labels))
         ce = F.cross_entropy(student_logits.reshape(-1, student_logits.shape[-1]),
                              safe_labels.reshape(-1), reduction="none").reshape(labels.shape)
         per_item = per_item + (1 - alpha) * ce
-    total = torch.where(mask, per_item, torch.zeros_like(per_item)).sum()  # NaN-safe, unlike * mask
-    if num_items_in_batch is None:
-        return total / mask.sum().clamp(min=1)
-    return total / torch.as_tensor(num_items_in_batch, device=total.device).to(total.dtype)
+    return per_item
+
+
+def _kl_per_item(student_logits: torch.Tensor, teacher_logits: torch.Tensor | TopK,
+                 temperature: float) -> torch.Tensor:
+    """KL(teacher || student) at temperature ``T`` per item, over the teacher's top-k classes for a :class:`TopK`;
+    the teacher is detached and brought to the student's dtype."""
+    log_p_student = F.log_softmax(student_logits / temperature, dim=-1)
+    if isinstance(teacher_logits, TopK):
+        log_p_student = log_p_student.gather(-1, teacher_logits.ids.long())
+        log_p_teacher = F.log_softmax(teacher_logits.log_probs.detach().to(student_logits.dtype) / temperature, dim=-1)
+    else:
+        log_p_teacher = F.log_softmax(teacher_logits.detach().to(student_logits.dtype) / temperature, dim=-1)
+    return (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(dim=-1)
