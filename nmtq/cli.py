@@ -178,8 +178,14 @@ def _add_export(subparsers: argparse._SubParsersAction) -> None:
                              "--huffman, --dequantize, --teacher and --dataset are refused with it.")
     parser.add_argument("--int8-bits", type=int, default=None, metavar="BITS",
                         help="With --ctranslate2 and an int8 type: bits of the weight codes, 2-8 (default: the "
-                             "student's own if distilled with --bucket_size row --scaling absmax, else 8; 7 keeps "
-                             "CTranslate2's int8 exact on x86 CPUs without VNNI).")
+                             "student's own if distilled with --bucket_size row --scaling absmax, else the widest "
+                             "that --target-cpu multiplies exactly).")
+    parser.add_argument("--target-cpu", default="here", metavar="{here,vnni,avx2}",
+                        help="With --ctranslate2 and an int8 type: the kind of CPU the model will run on, which "
+                             "sets the widest int8 codes: vnni (Intel's CPUs, where CTranslate2 uses MKL, or any "
+                             "with AVX-512 VNNI or AVX-VNNI) multiplies 8-bit codes exactly; avx2 (other x86 CPUs, "
+                             "without VNNI) sums pairs of products in 16 bits, which 8-bit codes can saturate, so "
+                             "7 bits; here (default): this machine's kind.")
     parser.add_argument("--force", action="store_true", help="With --ctranslate2: replace an existing OUT_DIR.")
     parser.set_defaults(func=_run_export)
 
@@ -199,20 +205,19 @@ def _check_ctranslate2_flags(args: argparse.Namespace) -> None:
 def _run_export(args: argparse.Namespace) -> int:
     if args.ctranslate2:
         _check_ctranslate2_flags(args)
-        from .ct2 import convert_to_ctranslate2, int8_saturates_here
+        from .ct2 import convert_to_ctranslate2
+        from .runs import show_messages
 
+        show_messages()  # the warnings about int8 codes the target CPU can saturate
         out = convert_to_ctranslate2(args.model_dir, args.out_dir, quantization=args.ctranslate2, force=args.force,
-                                     int8_bits=args.int8_bits)
-        bits = json.loads((out / files.CT2_INFO).read_text(encoding="utf-8")).get("int8_bits")
-        codes = f", {bits}-bit codes" if bits else ""
+                                     int8_bits=args.int8_bits, target_cpu=args.target_cpu)
+        info = json.loads((out / files.CT2_INFO).read_text(encoding="utf-8"))
+        codes = f", {info['int8_bits']}-bit codes for {info['int8_target_cpu']} CPUs" if info.get("int8_bits") else ""
         print(f"CTranslate2 model ({args.ctranslate2}{codes}) of {args.model_dir} written to {out}")
-        if bits == 8 and int8_saturates_here():
-            print("[nmtq] note: on this CPU (x86 without VNNI, not Intel's) CTranslate2's int8 kernels sum pairs of "
-                  "products in 16 bits, which 8-bit codes can overflow: --int8-bits 7 (or a student distilled with "
-                  "--bits 7 --bucket_size row --scaling absmax) keeps them exact; see the README", file=sys.stderr)
         return 0
-    if args.int8_bits is not None:
-        raise NmtqError(f"--int8-bits {args.int8_bits} is for CTranslate2 models: add --ctranslate2, or leave it out")
+    for flag, value, default in (("--int8-bits", args.int8_bits, None), ("--target-cpu", args.target_cpu, "here")):
+        if value != default:
+            raise NmtqError(f"{flag} {value} is for CTranslate2 models: add --ctranslate2, or leave it out")
     from .export import export_model
 
     report = export_model(args.model_dir, args.out_dir, huffman=args.huffman, dequantize=args.dequantize,

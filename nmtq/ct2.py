@@ -9,9 +9,11 @@ with it, so :func:`nmtq.evaluation.evaluate_translator` gives the metrics of eit
 int8 weights are nmtq's own codes: ``int8_bits``-bit absmax per output row, rounded by
 :func:`nmtq.quant.functional.encode_tensor` and stored with CTranslate2's per-row scale, so CTranslate2 multiplies
 exactly the codes a student trained through (``nmtq distill --bucket_size row --scaling absmax --bits B``: its
-``B`` is the default; 8, CTranslate2's own scheme, for any other model). 7 bits keep every sum of two products
-within 16 bits, so the oneDNN kernels that CTranslate2 uses for int8 on x86 CPUs without VNNI do not saturate
-(with 8-bit codes they can: oneDNN's "Nuances of int8 computations").
+``B`` is the default). The width is chosen for the CPU the model will run on (``target_cpu``, :data:`INT8_TARGETS`):
+8 bits, CTranslate2's own scheme, where int8 products are summed in 32 bits (Intel's CPUs, where CTranslate2 takes
+MKL, and any CPU with VNNI); 7 bits on x86 CPUs with AVX2 but without VNNI, where the oneDNN kernel sums each pair
+of products in 16 bits and 8-bit codes can saturate it (oneDNN's "Nuances of int8 computations"): 7-bit codes keep
+every such sum in range.
 
 The conversion maps the model exactly, so at ``float32`` greedy outputs equal ``transformers``' and reference
 log-probabilities match: CTranslate2's own Marian converter does not. It drops ``<pad>`` from the vocabulary and
@@ -30,6 +32,7 @@ Example:
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import tempfile
@@ -48,9 +51,15 @@ from .quant.functional import encode_tensor, max_code
 from .tokenizer import encode_targets
 from .translators import Translator
 
+logger = logging.getLogger(__name__)
+
 SUPPORTED_MODEL_TYPES = ("marian", "bart", "mbart", "m2m_100", "t5", "mt5")
 _FORMAT = "nmtq.ctranslate2.v1"
 INT8_QUANTIZATIONS = ("int8", "int8_float32", "int8_float16", "int8_bfloat16")
+# the CPU a CTranslate2 int8 model will run on -> the widest codes its int8 kernels multiply exactly ("here": this
+# machine's, by int8_saturates_here)
+INT8_TARGETS = {"vnni": 8, "avx2": 7}
+TARGET_CPUS = ("here", *INT8_TARGETS)
 QUANTIZATIONS = (*INT8_QUANTIZATIONS, "int16", "float16", "bfloat16", "float32")
 
 
@@ -172,6 +181,17 @@ def int8_saturates_here(cpuinfo: str | None = None) -> bool:
     return cpu.avx2 and cpu.vendor != "GenuineIntel" and not cpu.vnni
 
 
+def int8_target(target_cpu: str) -> str:
+    """``target_cpu`` (one of :data:`TARGET_CPUS`) as a key of :data:`INT8_TARGETS`: ``"here"`` is this machine's
+    kind, ``"avx2"`` where :func:`int8_saturates_here`, else ``"vnni"``."""
+    if target_cpu not in TARGET_CPUS:
+        raise NmtqError(f"target_cpu={target_cpu!r}: pass one of {TARGET_CPUS} (here: this machine; vnni: Intel's "
+                         "CPUs or any with VNNI, 8-bit codes; avx2: x86 CPUs without VNNI, 7-bit codes)")
+    if target_cpu == "here":
+        return "avx2" if int8_saturates_here() else "vnni"
+    return target_cpu
+
+
 def _int8_codes(spec, bits: int, rest: str | None) -> None:
     """Every weight CTranslate2 stores as int8 (those with a ``<name>_scale``) as ``bits``-bit absmax codes per
     output row, rounded as nmtq rounds them, with CTranslate2's scale (codes per unit); other float tensors as
@@ -197,25 +217,46 @@ def _int8_codes(spec, bits: int, rest: str | None) -> None:
     ms.visit_spec(spec, visit)
 
 
-def _check_conversion(model_dir: Path, out_dir: Path, quantization: str, force: bool,
-                      int8_bits: int | None) -> int | None:
+def _check_conversion(model_dir: Path, out_dir: Path, quantization: str, force: bool, int8_bits: int | None,
+                      target_cpu: str) -> tuple[int | None, str | None]:
     """The arguments of :func:`convert_to_ctranslate2` checked before anything is loaded or written; returns the
-    bits of the int8 codes (the student's own by default, else 8; None for float types)."""
+    bits of the int8 codes and the kind of CPU they are for (:func:`int8_width`; None, None for float types)."""
+    target = int8_target(target_cpu)
     if quantization not in QUANTIZATIONS:
         raise NmtqError(f"quantization={quantization!r}: pass one of {QUANTIZATIONS} (int8 for a CPU)")
     if int8_bits is not None and quantization not in INT8_QUANTIZATIONS:
         raise NmtqError(f"int8_bits={int8_bits} with quantization={quantization!r}: the bits are those of int8 "
                          f"codes, so pass one of {INT8_QUANTIZATIONS}, or leave int8_bits out")
+    if target_cpu != "here" and quantization not in INT8_QUANTIZATIONS:
+        raise NmtqError(f"target_cpu={target_cpu!r} with quantization={quantization!r}: the target sets the bits of "
+                         f"int8 codes, so it is for int8 codes: pass one of {INT8_QUANTIZATIONS}, or leave it out")
     if int8_bits is not None and (isinstance(int8_bits, bool) or int8_bits not in range(2, 9)):
         raise NmtqError(f"int8_bits={int8_bits!r}: pass 2 to 8 (7 keeps CTranslate2's int8 exact on x86 CPUs "
                          "without VNNI)")
-    if quantization in INT8_QUANTIZATIONS and int8_bits is None:
-        int8_bits = student_int8_bits(model_dir) or 8
     if out_dir.exists() and not force:
         raise NmtqError(f"{out_dir} exists: pass force=True (--force) to replace it, or choose another folder")
     if out_dir.resolve() == model_dir.resolve() or out_dir.resolve() in model_dir.resolve().parents:
         raise NmtqError(f"{out_dir} would replace the model folder {model_dir}: choose another output folder")
-    return int8_bits
+    if quantization not in INT8_QUANTIZATIONS:
+        return None, None
+    return int8_width(int8_bits, student_int8_bits(model_dir), target), target
+
+
+def int8_width(int8_bits: int | None, own: int | None, target: str) -> int:
+    """The bits of the int8 codes for a CPU of kind ``target`` (a key of :data:`INT8_TARGETS`): ``int8_bits`` when
+    given (with a warning where that CPU can saturate them), else the student's ``own`` bits where that CPU
+    multiplies them exactly, else the widest it does (``own`` re-rounded to it, with a warning)."""
+    widest = INT8_TARGETS[target]
+    if int8_bits is not None:
+        if int8_bits > widest:
+            logger.warning("%d-bit int8 codes can saturate CTranslate2's int8 kernels on %s CPUs (pairs of products "
+                           "summed in 16 bits): %d bits keep them exact there", int8_bits, target, widest)
+        return int8_bits
+    if own is not None and own > widest:
+        logger.warning("the student's own %d-bit codes can saturate CTranslate2's int8 kernels on %s CPUs: they are "
+                       "rounded again to %d bits (distill with --bits %d to keep the codes it trained through, or "
+                       "pass --int8-bits %d to keep them anyway)", own, target, widest, widest, own)
+    return min(own or widest, widest)
 
 
 def _decoding_info(model, tokenizer) -> dict[str, Any]:
@@ -231,14 +272,17 @@ def _decoding_info(model, tokenizer) -> dict[str, Any]:
 
 
 def convert_to_ctranslate2(model_dir: str | os.PathLike, out_dir: str | os.PathLike, quantization: str = "int8",
-                           force: bool = False, int8_bits: int | None = None) -> Path:
+                           force: bool = False, int8_bits: int | None = None, target_cpu: str = "here") -> Path:
     """Convert the Marian or BART model in ``model_dir`` into a self-contained CTranslate2 folder ``out_dir``.
 
     ``model_dir`` is an ``nmtq train``/``nmtq distill`` output_dir (config.json, model.safetensors, Marian
     tokenizer files) or an ``nmtq export`` folder. ``quantization`` is the weight type of ``model.bin``
     (``int8``: absmax codes per output row, CTranslate2's scheme). ``int8_bits`` (2 to 8, int8 types only) is the
-    bits of those codes: by default the student's own (:func:`student_int8_bits`), so its codes are stored
-    exactly, else 8; 7 keeps CTranslate2's default int8 kernels exact on x86 CPUs without VNNI. The folder is
+    bits of those codes. By default they are chosen for ``target_cpu``, the kind of CPU the model will run on
+    (``"here"``: this one; ``"vnni"``: Intel's or any with VNNI, up to 8 bits; ``"avx2"``: x86 without VNNI, up
+    to 7 bits): the student's own (:func:`student_int8_bits`), so its codes are stored exactly, where that CPU
+    multiplies them exactly, else the widest it does (:func:`int8_width`). ``nmtq_ct2.json`` records the bits and
+    the kind of CPU, and :class:`Ct2Translator` warns where it loads codes this CPU can saturate. The folder is
     built beside ``out_dir`` and renamed into place, so a failed conversion leaves nothing behind; an existing
     ``out_dir`` is replaced only with ``force=True``. Returns ``out_dir``.
 
@@ -248,12 +292,12 @@ def convert_to_ctranslate2(model_dir: str | os.PathLike, out_dir: str | os.PathL
     """
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     model_type = _model_type(model_dir)
-    int8_bits = _check_conversion(model_dir, out_dir, quantization, force, int8_bits)
+    int8_bits, target = _check_conversion(model_dir, out_dir, quantization, force, int8_bits, target_cpu)
     ct2 = _require_ctranslate2()
     model, tokenizer = _load(model_dir)
     spec = _model_spec(model, tokenizer)
     info = {"format": _FORMAT, "model_type": model_type, "quantization": quantization, "int8_bits": int8_bits,
-            "source": str(model_dir), **_decoding_info(model, tokenizer)}
+            "int8_target_cpu": target, "source": str(model_dir), **_decoding_info(model, tokenizer)}
 
     class SpecConverter(ct2.converters.Converter):
         def _load(self):
@@ -316,6 +360,12 @@ class Ct2Translator(Translator):
         self.forced_eos: bool = info.get("forced_eos", False)
         self.forced_bos_token: str | None = info.get("forced_bos_token")
         self.prefixes: dict[str, str] = info.get("prefixes", {})
+        bits = info.get("int8_bits")
+        if self.compute_type.startswith("int8") and bits is not None and bits > INT8_TARGETS["avx2"] \
+                and int8_saturates_here():
+            logger.warning("%s holds %d-bit int8 codes, made for CPUs that sum int8 products in 32 bits; this CPU (x86 "
+                           "without VNNI) sums pairs of them in 16 bits, which they can saturate: convert it again "
+                           "here (nmtq export --ctranslate2 --target-cpu here) for exact 7-bit codes", model_dir, bits)
         torch_threads = torch.get_num_threads()  # CTranslate2 sets the calling thread's OpenMP count, torch's too
         try:
             self.translator = ct2.Translator(str(model_dir), device=device, compute_type=self.compute_type,

@@ -9,9 +9,10 @@ Rows: the teacher and the student in transformers (fp32 ``generate``), the stude
 CTranslate2 int8 (absmax per output row), and the student in CTranslate2 float32, which separates what the
 engine's beam search changes from what int8 costs. ``--student`` is any student folder (an ``nmtq distill``
 output_dir, full precision or quantized, or an ``nmtq export`` folder); ``--int8-bits`` sets the bits of its and
-the teacher's int8 codes (8, CTranslate2's own rounding, by default). ``--student-absmax`` adds a student
-distilled with CTranslate2's kind of scheme (``nmtq distill --bits B --bucket_size row --scaling absmax``, B = 8
-or 7) in transformers and in CTranslate2 int8 (its own B-bit codes), and the BLEU its conversion loses.
+the teacher's int8 codes (by default the widest this CPU multiplies exactly: 8, CTranslate2's own rounding, or 7
+on x86 CPUs without VNNI). ``--student-absmax`` adds a student distilled with CTranslate2's kind of scheme
+(``nmtq distill --bits B --bucket_size row --scaling absmax``, B = 8 or 7) in transformers and in CTranslate2
+int8 (its own B-bit codes), and the BLEU its conversion loses.
 
 Same sentences, beam, batch and threads for all; speed counts the target pieces of the hypotheses (``</s>``
 included) per second of decoding, after one warm-up batch, as ``nmtq evaluate`` does. With ``--threads`` above 1,
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
                                                  "(CTranslate2's kind of int8 scheme): two more rows and its BLEU "
                                                  "lost to the conversion")
     parser.add_argument("--int8-bits", type=int, help="bits of the int8 codes of --student and --teacher (2-8; "
-                                                      "default 8, CTranslate2's own rounding)")
+                                                      "default: the widest this CPU multiplies exactly, 8 or 7)")
     parser.add_argument("--data", default="bible:de-en")
     parser.add_argument("--max-length", type=int, default=30, help="keep pairs of at most this many pieces a side")
     parser.add_argument("--num-beams", type=int, default=4)
@@ -173,8 +174,8 @@ def main(argv: list[str] | None = None) -> dict:
             student_ct2 = convert_to_ctranslate2(args.student, Path(tmp) / "student", "int8", int8_bits=args.int8_bits)
             teacher_ct2 = convert_to_ctranslate2(args.teacher, Path(tmp) / "teacher", "int8", int8_bits=args.int8_bits)
             student_float32 = convert_to_ctranslate2(args.student, Path(tmp) / "student-float32", "float32")
-            absmax_ct2 = (convert_to_ctranslate2(args.student_absmax, Path(tmp) / "absmax", "int8")
-                          if args.student_absmax else None)
+            absmax_ct2 = (convert_to_ctranslate2(args.student_absmax, Path(tmp) / "absmax", "int8", int8_bits=bits)
+                          if args.student_absmax else None)  # its own codes, even where this CPU can saturate them
         except ValueError as err:
             parser.error(str(err))
         decoders["teacher, transformers fp32"] = transformers_row(args.teacher)

@@ -20,6 +20,7 @@ from nmtq.ct2 import (  # noqa: E402
     Ct2Translator,
     convert_to_ctranslate2,
     int8_saturates_here,
+    int8_width,
     student_int8_bits,
 )
 from nmtq.evaluation import evaluate_model, evaluate_translator, perplexity, translate  # noqa: E402
@@ -342,7 +343,7 @@ def test_int8_bits_of_an_export_folder_and_through_the_cli(absmax4, marian, tmp_
     from_run = convert_to_ctranslate2(absmax4, tmp_path / "from-run") / "model.bin"
     assert from_export.read_bytes() == from_run.read_bytes()
     assert main(["export", str(marian), str(tmp_path / "ct2"), "--ctranslate2", "--int8-bits", "7"]) == 0
-    assert "CTranslate2 model (int8, 7-bit codes)" in capsys.readouterr().out
+    assert "CTranslate2 model (int8, 7-bit codes for " in capsys.readouterr().out
     assert max(np.abs(v).max() for v in read_model_bin(tmp_path / "ct2" / "model.bin").values()
                if v.dtype == np.int8 and v.ndim == 2) == 63
     assert main(["export", str(absmax4), str(tmp_path / "packed"), "--int8-bits", "7"]) == 2
@@ -390,12 +391,57 @@ def test_which_cpus_saturate_8_bit_codes(vendor, flags, saturates, monkeypatch):
     assert int8_saturates_here(cpuinfo) is False
 
 
-def test_export_notes_the_saturation_with_8_bit_codes(marian, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("int8_bits, own, target, bits, warns", [
+    (None, None, "vnni", 8, False),  # a full-precision model: CTranslate2's own 8 bits where they are exact
+    (None, None, "avx2", 7, False),  # ... and the widest exact codes where pairs of products are summed in 16 bits
+    (None, 4, "avx2", 4, False),  # the student's own codes wherever they are exact
+    (None, 8, "vnni", 8, False),
+    (None, 8, "avx2", 7, True),  # its 8-bit codes would saturate there: rounded again, with a warning
+    (8, None, "avx2", 8, True),  # asked for: kept, with a warning
+    (6, 4, "vnni", 6, False),
+])
+def test_the_int8_width_suits_the_target_cpu(int8_bits, own, target, bits, warns, caplog):
+    assert int8_width(int8_bits, own, target) == bits
+    assert any("saturate" in r.getMessage() for r in caplog.records) is warns
+
+
+def test_export_writes_the_widest_exact_codes_for_the_target_cpu(marian, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("nmtq.ct2.int8_saturates_here", lambda: True)  # an x86 CPU without VNNI, not Intel's
+
+    def widest(out: Path) -> int:
+        return max(np.abs(v).max() for v in read_model_bin(out / "model.bin").values()
+                   if v.dtype == np.int8 and v.ndim == 2)
+
+    assert main(["export", str(marian), str(tmp_path / "here"), "--ctranslate2"]) == 0
+    assert "7-bit codes for avx2 CPUs" in capsys.readouterr().out and widest(tmp_path / "here") == 63
+    assert json.loads((tmp_path / "here" / CT2_INFO).read_text())["int8_target_cpu"] == "avx2"
+    assert main(["export", str(marian), str(tmp_path / "vnni"), "--ctranslate2", "--target_cpu", "vnni"]) == 0
+    assert "8-bit codes for vnni CPUs" in capsys.readouterr().out and widest(tmp_path / "vnni") == 127
+    assert main(["export", str(marian), str(tmp_path / "eight"), "--ctranslate2", "--int8-bits", "8"]) == 0
+    assert "can saturate" in capsys.readouterr().out  # asked for, on a CPU that can saturate them: a warning
+
+
+def test_a_translator_warns_where_this_cpu_can_saturate_the_codes(marian, tmp_path, caplog, monkeypatch):
+    out = convert_to_ctranslate2(marian, tmp_path / "vnni", target_cpu="vnni")
+    monkeypatch.setattr("nmtq.ct2.int8_saturates_here", lambda: False)
+    Ct2Translator(out)
+    assert not any("saturate" in r.getMessage() for r in caplog.records)  # made for this kind of CPU
     monkeypatch.setattr("nmtq.ct2.int8_saturates_here", lambda: True)
-    assert main(["export", str(marian), str(tmp_path / "ct2"), "--ctranslate2"]) == 0
-    assert "--int8-bits 7" in capsys.readouterr().err
-    assert main(["export", str(marian), str(tmp_path / "ct2-7"), "--ctranslate2", "--int8-bits", "7"]) == 0
-    assert "note" not in capsys.readouterr().err
+    Ct2Translator(out)
+    assert any("--target-cpu here" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    Ct2Translator(convert_to_ctranslate2(marian, tmp_path / "avx2", target_cpu="avx2"))
+    assert not any("saturate" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--ctranslate2", "--target-cpu", "arm"], "pass one of ('here', 'vnni', 'avx2')"),
+    (["--ctranslate2", "float32", "--target-cpu", "avx2"], "for int8 codes"),
+    (["--target-cpu", "avx2"], "add --ctranslate2"),
+])
+def test_bad_target_cpus_fail_before_anything_is_written(marian, tmp_path, capsys, argv, message):
+    assert main(["export", str(marian), str(tmp_path / "out"), *argv]) == 2
+    assert message in capsys.readouterr().err and list(tmp_path.iterdir()) == []
 
 
 def test_a_bart_teacher_with_a_byte_level_tokenizer_and_a_forced_first_token_converts(tmp_path_factory, tmp_path):
