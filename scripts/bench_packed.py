@@ -21,8 +21,10 @@ For each:
 * peak RSS of the process while loading and decoding (``VmHWM``, reset after the imports, whose own peak is higher
   than a small model), and that peak above the RSS after the imports: with ``decoded per generate`` it holds the
   decoded weights while a ``generate`` call runs;
-* target tokens per second of beam search (beam 4, 32 Bible verses in batches of 16, 32 new tokens each, the
-  length fixed so that every model makes the same number of tokens), median of ``--repeats``;
+* target tokens per second of beam search (beam 4, two batches of Bible verses, 32 new tokens each, the length
+  fixed so that every model makes the same number of tokens), median of ``--repeats``, for each of
+  ``--batch-sizes`` (16 by default): a weight decoded per read costs the same at any batch size, the matrix
+  products grow with it, so the ratio to fp32 rises with the batch;
 * what on-the-fly decoding costs: milliseconds to decode every packed weight of the model once (median of
   10), which ``decoded per generate`` pays once per call and ``packed`` pays for the decoder's weights at
   every step.
@@ -64,7 +66,7 @@ model = AutoModelForSeq2SeqLM.from_pretrained(folder).eval()
 if mode == "fp32":
     decode_weights(model)
 tokenizer = AutoTokenizer.from_pretrained(folder)
-sources = json.loads(sys.argv[5])
+sources, size = json.loads(sys.argv[5]), int(sys.argv[6])
 held = resident_bytes(model)
 from safetensors import safe_open
 with safe_open(folder + "/model.safetensors", framework="pt") as f:
@@ -79,8 +81,8 @@ times = []
 with torch.inference_mode():
     for _ in range(repeats):
         start, tokens = time.perf_counter(), 0
-        for i in range(0, len(sources), 16):
-            batch = tokenizer(sources[i:i + 16], return_tensors="pt", padding=True)
+        for i in range(0, len(sources), size):
+            batch = tokenizer(sources[i:i + size], return_tensors="pt", padding=True)
             if mode == "scope":  # each weight decoded once per call, dropped after it
                 with decoded(model):
                     out = model.generate(**batch, num_beams=4, min_new_tokens=32, max_new_tokens=32)
@@ -144,12 +146,13 @@ def build(work: Path, bits: list[int]) -> dict[int, Path]:
     return exports
 
 
-def measure(folder: Path, mode: str, repeats: int, threads: int, sources: list[str]) -> dict:
+def measure(folder: Path, mode: str, repeats: int, threads: int, sources: list[str], batch_size: int) -> dict:
     """One model in a fresh process: ``mode`` is fp32 (decoded once at load), packed, or scope (decoded per
-    generate call)."""
+    generate call); ``sources`` in batches of ``batch_size``."""
     out = subprocess.run([sys.executable, "-c", MEASURE, str(folder), mode, str(repeats),
-                          str(threads), json.dumps(sources)], check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+                          str(threads), json.dumps(sources), str(batch_size)], check=True, capture_output=True,
+                         text=True)
+    return {"batch_size": batch_size, **json.loads(out.stdout.strip().splitlines()[-1])}
 
 
 def tensor_bytes(path: Path) -> int:
@@ -160,20 +163,22 @@ def tensor_bytes(path: Path) -> int:
 
 
 def markdown(rows: list[dict], machine: str) -> str:
-    lines = ["| student | file tensors (bytes) | held in memory (bytes) | of which stored weights | stored / file | "
-             "peak RSS (MB) | peak RSS above the imports (MB) | tokens/s | vs fp32 | decode the model (ms) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    fp32 = next(r for r in rows if r["name"] == "fp32")["tokens_per_second"]
+    lines = ["| student | batch | file tensors (bytes) | held in memory (bytes) | of which stored weights | "
+             "stored / file | peak RSS (MB) | peak RSS above the imports (MB) | tokens/s | vs fp32 | "
+             "decode the model (ms) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    fp32 = {r["batch_size"]: r["tokens_per_second"] for r in rows if r["name"] == "fp32"}
     for r in rows:
         stored, weights = r.get("file_tensor_bytes"), r["resident_bytes"] - r["computed_bytes"]
         ratio = f"{weights / stored:.3f}x" if stored else "-"
         decode = f"{r['decode_model_ms']:.0f}" if r.get("decode_model_ms") is not None else "-"
-        lines.append(f"| {r['name']} | {f'{stored:,}' if stored else '-'} | {r['resident_bytes']:,} | {weights:,} | "
+        lines.append(f"| {r['name']} | {r['batch_size']} x 4 | {f'{stored:,}' if stored else '-'} | "
+                     f"{r['resident_bytes']:,} | {weights:,} | "
                      f"{ratio} | "
                      f"{r['peak_rss_bytes'] / 2**20:.0f} | "
                      f"{(r['peak_rss_bytes'] - r['rss_after_imports_bytes']) / 2**20:.0f} | "
                      f"{r['tokens_per_second']:.0f} | "
-                     f"{r['tokens_per_second'] / fp32:.2f}x | {decode} |")
+                     f"{r['tokens_per_second'] / fp32[r['batch_size']]:.2f}x | {decode} |")
     return "\n".join([*lines, "", f"Measured on {machine}.", ""])
 
 
@@ -182,28 +187,35 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--bits", default="2,4,8", help="comma-separated bit widths of the students")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per model (median)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--batch-sizes", default="16", help="comma-separated sentences per batch (beam 4 each); "
+                                                            "two batches each")
     parser.add_argument("--markdown", type=Path, help="also write the table here (.md), and the JSON beside it")
     parser.add_argument("--work", type=Path, help="build the exports here and keep them (reused when present); "
                                                    "default: a temporary folder")
     args = parser.parse_args(argv)
     bits = [int(b) for b in args.bits.split(",")]
-    if not all(1 <= b <= 8 for b in bits) or args.repeats < 1 or args.threads < 1:
-        parser.error("--bits takes widths from 1 to 8; --repeats and --threads at least 1")
+    sizes = [int(b) for b in args.batch_sizes.split(",")]
+    if not all(1 <= b <= 8 for b in bits) or args.repeats < 1 or args.threads < 1 or min(sizes) < 1:
+        parser.error("--bits takes widths from 1 to 8; --repeats, --threads and --batch-sizes at least 1")
     if args.markdown is not None and args.markdown.suffix != ".md":
         parser.error(f"--markdown {args.markdown}: pass a .md path (the JSON goes beside it)")
     from nmtq.data import load_pairs
 
-    sources = load_pairs("bible:de-en", "test")["source"][:32]
+    test = load_pairs("bible:de-en", "test")["source"]
     with tempfile.TemporaryDirectory(prefix="nmtq-bench-packed-") as temporary:
         work = args.work or Path(temporary)
         work.mkdir(parents=True, exist_ok=True)
         exports = build(work, bits)
-        rows = [{"name": "fp32", **measure(exports[max(bits)], "fp32", args.repeats, args.threads, sources)}]
-        for b in bits:
-            file_bytes = tensor_bytes(exports[b] / "model.safetensors")
-            for mode, name in (("packed", f"{b}-bit packed"), ("scope", f"{b}-bit packed, decoded per generate")):
-                rows.append({"name": name, "mode": mode, "file_tensor_bytes": file_bytes,
-                             **measure(exports[b], mode, args.repeats, args.threads, sources)})
+        rows = []
+        for size in sizes:
+            sources = test[:2 * size]
+            rows.append({"name": "fp32", **measure(exports[max(bits)], "fp32", args.repeats, args.threads, sources,
+                                                   size)})
+            for b in bits:
+                file_bytes = tensor_bytes(exports[b] / "model.safetensors")
+                for mode, name in (("packed", f"{b}-bit packed"), ("scope", f"{b}-bit packed, decoded per generate")):
+                    rows.append({"name": name, "mode": mode, "file_tensor_bytes": file_bytes,
+                                 **measure(exports[b], mode, args.repeats, args.threads, sources, size)})
     env = {**environment(), "torch_threads": args.threads}  # the threads of the measuring processes
     table = markdown(rows, describe_environment(env))
     print(table)
