@@ -4,7 +4,8 @@
     accelerate launch --multi_gpu --num_processes 2 -m nmtq distill --config recipes/bible-de-en-qd4.yaml
 
 ``--method`` (fp, kd, ptq, qd, dq), the alternation of ``dq`` and pruning (PQK) are those of
-:mod:`nmtq.methods`, shared with the image trainer.
+:mod:`nmtq.methods`, shared with the image trainer. This module trains the student (:func:`train_student`); the
+command (:func:`nmtq.commands.distill`) then quantizes it for real, saves it and scores the test split.
 
 What the student learns from:
 
@@ -24,6 +25,7 @@ import logging
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from transformers import Seq2SeqTrainer
 
@@ -32,19 +34,9 @@ from .args import DataArguments, NmtTrainingArguments
 from .conventions import apply_conventions, resolve_conventions
 from .errors import NmtqError
 from .losses import TopK
-from .methods import (
-    MethodArguments,
-    fp32_size,
-    method_callbacks,
-    prepare_quantizer,
-)
-from .models import (
-    check_model_source,
-    enable_generation_cache,
-    load_model,
-    teacher_card,
-)
-from .quant import QuantizerConfig, SizeReport
+from .methods import MethodArguments, fp32_size, method_callbacks, prepare_quantizer
+from .models import check_model_source, enable_generation_cache, load_model, teacher_card
+from .quant import Quantizer, QuantizerConfig, SizeReport
 from .runs import start_run, time_budget
 from .student import check_student_shape, depth, make_student
 from .teacher_cache import (
@@ -57,14 +49,8 @@ from .teacher_cache import (
     teacher_fingerprint,
 )
 from .tokenizer import encode_targets, load_tokenizer
-from .train import (
-    check_ids_fit,
-    load_splits,
-    score_test_split,
-    tokenize,
-    with_prefix,
-)
-from .trainer import DistillationTrainer, TargetStream, save_and_score
+from .train import check_ids_fit, load_splits, tokenize, with_prefix
+from .trainer import DistillationTrainer, TargetStream
 from .vocab import (
     TrimmedTeacher,
     VocabularyTrim,
@@ -214,9 +200,31 @@ def _check_models(distill_args: DistillArguments) -> None:
                             distill_args.student_decoder_layers, distill_args.student_d_model)
 
 
-def distill(data_args: DataArguments, distill_args: DistillArguments, quant_config: QuantizerConfig,
-            training_args: NmtTrainingArguments) -> dict:
-    """Distil and/or quantize a student as ``distill_args.method`` says; return its test metrics and size."""
+@dataclass
+class TrainedStudent:
+    """A student at the end of :func:`train_student`, before it is quantized for real, saved and scored
+    (:func:`nmtq.trainer.save_and_score`), with what its folder and its metrics.json record beside it."""
+
+    model: Any
+    tokenizer: Any
+    quantizer: Quantizer | None
+    test_set: Any
+    teacher_size: SizeReport
+    card_teacher: str | None = None
+    trim: VocabularyTrim | None = None
+    vocabulary: dict = field(default_factory=dict)
+
+    def save_beside(self, output_dir: Path) -> None:
+        """Write the tokenizer (and the kept ids of a trimmed vocabulary) beside the saved student."""
+        self.tokenizer.save_pretrained(output_dir)
+        if self.trim is not None:
+            save_trim(self.trim, output_dir / files.TRIMMED_VOCABULARY)
+
+
+def train_student(data_args: DataArguments, distill_args: DistillArguments, quant_config: QuantizerConfig,
+                  training_args: NmtTrainingArguments) -> TrainedStudent:
+    """Distil and/or quantize a student as ``distill_args.method`` says; ``nmtq distill``
+    (:func:`nmtq.commands.distill`) then saves it and scores it on the test split."""
     if training_args.push_to_hub:
         raise NmtqError("nmtq distill does not push: the Trainer would upload fp32 checkpoints, not the quantized "
                          "student. Run `nmtq export OUTPUT_DIR EXPORT_DIR`, then `nmtq push EXPORT_DIR --repo-id "
@@ -225,14 +233,7 @@ def distill(data_args: DataArguments, distill_args: DistillArguments, quant_conf
                            data_args.local_paths(), distill_args.checkpoint_last_file)
     _check_models(distill_args)
     splits = load_splits(data_args)
-    teacher, tokenizer = load_model(distill_args.teacher), load_tokenizer(distill_args.teacher)
-    if distill_args.trim_vocabulary:
-        check_trimmable(tokenizer)  # before the teacher caches are written
-    conventions = resolve_conventions(tokenizer, teacher.config, teacher.generation_config, data_args.source_lang,
-                                      data_args.target_lang, distill_args.source_lang_code,
-                                      distill_args.target_lang_code, distill_args.source_prefix)
-    student = build_student(distill_args, teacher)
-    apply_conventions(conventions, tokenizer, teacher, student)  # the student carries them when saved
+    teacher, tokenizer, student, conventions = _teacher_and_student(data_args, distill_args)
     splits = {name: with_prefix(split, conventions) for name, split in splits.items()}
     logger.info(f"teacher {sum(p.numel() for p in teacher.parameters()):,} parameters; {type(student).__name__} "
                 f"student {'+'.join(map(str, depth(student.config)))} layers, "
@@ -240,16 +241,8 @@ def distill(data_args: DataArguments, distill_args: DistillArguments, quant_conf
                 f"processes: {training_args.world_size} ({training_args.distributed_state.distributed_type})")
     teacher_size = fp32_size(teacher)
     card_teacher = teacher_card(distill_args.teacher, teacher.config, teacher_size.fp32_bits // 8)
-    keep = ("source",) if distill_args.sequence_kd else ()
-    train_set = tokenize(splits["train"], tokenizer, data_args.max_source_length, data_args.max_target_length, keep)
-    check_ids_fit(teacher, train_set, f"the teacher {distill_args.teacher}")
-    if distill_args.method != "ptq" and distill_args.sequence_kd:
-        train_set = teacher_translations(train_set, teacher, tokenizer, data_args, distill_args, training_args)
-    trim, vocabulary = None, {}
-    if distill_args.trim_vocabulary:
-        trim, student, vocabulary = trim_student(student, tokenizer, train_set, distill_args)
-        tokenizer, teacher = trim_tokenizer(tokenizer, trim), TrimmedTeacher(teacher, trim)
-        train_set = remap_columns(train_set, trim)
+    train_set, teacher, tokenizer, student, trim, vocabulary = _training_set(
+        splits["train"], teacher, tokenizer, student, data_args, distill_args, training_args)
 
     # --mean_bits measures gradients on ids and labels only
     quantizer = prepare_quantizer(student, distill_args, quant_config, teacher,
@@ -262,8 +255,39 @@ def distill(data_args: DataArguments, distill_args: DistillArguments, quant_conf
         if top_k and (distill_args.effective_alpha == 0 or set(top_k) >= streams):
             teacher = None  # every batch carries the teacher's outputs: it need not even be on the device
         _train(student, teacher, tokenizer, train_set, top_k, quantizer, distill_args, training_args, checkpoint)
-    return _finish(student, tokenizer, quantizer, teacher_size, splits["test"], data_args, distill_args,
-                   training_args, trim, vocabulary, card_teacher)
+    enable_generation_cache(student)
+    return TrainedStudent(student, tokenizer, quantizer, splits["test"], teacher_size, card_teacher, trim, vocabulary)
+
+
+def _teacher_and_student(data_args: DataArguments, distill_args: DistillArguments) -> tuple:
+    """The teacher, its tokenizer, the student to train and the family's conventions, which both models carry."""
+    teacher, tokenizer = load_model(distill_args.teacher), load_tokenizer(distill_args.teacher)
+    if distill_args.trim_vocabulary:
+        check_trimmable(tokenizer)  # before the teacher caches are written
+    conventions = resolve_conventions(tokenizer, teacher.config, teacher.generation_config, data_args.source_lang,
+                                      data_args.target_lang, distill_args.source_lang_code,
+                                      distill_args.target_lang_code, distill_args.source_prefix)
+    student = build_student(distill_args, teacher)
+    apply_conventions(conventions, tokenizer, teacher, student)  # the student carries them when saved
+    return teacher, tokenizer, student, conventions
+
+
+def _training_set(train_split, teacher, tokenizer, student, data_args: DataArguments,
+                  distill_args: DistillArguments, training_args: NmtTrainingArguments) -> tuple:
+    """The tokenized training set with the teacher's translations for sequence-level KD, and, with
+    ``--trim_vocabulary``, in the kept ids. Returns it, the teacher, tokenizer and student to train with (trimmed
+    with the vocabulary), the trim (or None) and the vocabulary sizes for metrics.json."""
+    keep = ("source",) if distill_args.sequence_kd else ()
+    train_set = tokenize(train_split, tokenizer, data_args.max_source_length, data_args.max_target_length, keep)
+    check_ids_fit(teacher, train_set, f"the teacher {distill_args.teacher}")
+    if distill_args.method != "ptq" and distill_args.sequence_kd:
+        train_set = teacher_translations(train_set, teacher, tokenizer, data_args, distill_args, training_args)
+    trim, vocabulary = None, {}
+    if distill_args.trim_vocabulary:
+        trim, student, vocabulary = trim_student(student, tokenizer, train_set, distill_args)
+        tokenizer, teacher = trim_tokenizer(tokenizer, trim), TrimmedTeacher(teacher, trim)
+        train_set = remap_columns(train_set, trim)
+    return train_set, teacher, tokenizer, student, trim, vocabulary
 
 
 def _cache_settings(distill_args: DistillArguments, training_args: NmtTrainingArguments):
@@ -362,26 +386,3 @@ def _train(student, teacher, tokenizer, train_set, top_k, quantizer, distill_arg
     )
     trainer.train(resume_from_checkpoint=checkpoint)
     training_args.distributed_state.wait_for_everyone()
-
-
-def _finish(student, tokenizer, quantizer, teacher_size: SizeReport, test_set, data_args, distill_args, training_args,
-            trim: VocabularyTrim | None = None, vocabulary: dict | None = None,
-            card_teacher: str | None = None) -> dict:
-    """Quantize for real, measure the size, save the student (weights = decoded codes) and score it."""
-    enable_generation_cache(student)
-
-    def save_beside(output_dir: Path) -> None:
-        tokenizer.save_pretrained(output_dir)
-        if trim is not None:
-            save_trim(trim, output_dir / files.TRIMMED_VOCABULARY)
-
-    def score(model, size: dict) -> dict:
-        metrics = score_test_split(model, tokenizer, test_set, data_args, training_args)
-        metrics.update(teacher=distill_args.teacher, teacher_card=card_teacher, data=data_args.spec("train"),
-                       method=distill_args.method, **size,
-                       **dict(zip(("encoder_layers", "decoder_layers"), depth(model.config))),
-                       sequence_kd=distill_args.sequence_kd, teacher_top_k=distill_args.teacher_top_k,
-                       alternate_every=distill_args.alternate_every, **({"vocabulary": vocabulary} if trim else {}))
-        return metrics
-
-    return save_and_score(student, quantizer, training_args, score, teacher_size, save_beside)

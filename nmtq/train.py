@@ -1,18 +1,21 @@
-"""Train a full-precision translation teacher with ``Seq2SeqTrainer``, then score it on the test split.
+"""Train a full-precision translation teacher with ``Seq2SeqTrainer`` (the training of ``nmtq train``).
 
     nmtq train --config recipes/bible-de-en-teacher.yaml [--field value ...]
     accelerate launch --multi_gpu --num_processes 2 -m nmtq train --config recipes/bible-de-en-teacher.yaml
 
 Steps: load and clean the corpus (nmtq.data), train or reuse a joint SentencePiece tokenizer (saved in
 ``output_dir``), build a Marian/FSMT/BART Transformer from the arguments or load a checkpoint, train
-(checkpoints in ``output_dir``; ``--resume_from_checkpoint last`` resumes), save the model, translate the test
-split with beam search and print sacreBLEU BLEU and chrF and the perplexity.
+(checkpoints in ``output_dir``; ``--resume_from_checkpoint last`` resumes) and save the model
+(:func:`fit_teacher`). The command (:func:`nmtq.commands.train_teacher`) then translates the test split with beam
+search and prints sacreBLEU BLEU and chrF and the perplexity: scoring is evaluation's, a layer above training.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, TrainerCallback
 
@@ -20,7 +23,6 @@ from . import files
 from .args import DataArguments, ModelArguments, NmtTrainingArguments
 from .errors import NmtqError
 from .guard import GuardedTrainingMixin
-from .io import write_json_atomic
 from .models import build_model, check_model_source, enable_generation_cache, load_model
 from .runs import start_run, time_budget
 from .tokenizer import encode_targets, load_tokenizer, train_tokenizer
@@ -111,32 +113,30 @@ def check_ids_fit(model, dataset, name: str) -> None:
                              "codes); use the model's own tokenizer and codes")
 
 
-def train_teacher(data_args: DataArguments, model_args: ModelArguments, training_args: NmtTrainingArguments) -> dict:
-    """Train (or resume) a teacher and return its test metrics (also written to ``output_dir/test``)."""
-    from .hub import check_push_to_hub
+@dataclass
+class TrainedTeacher:
+    """A teacher trained and saved by :func:`fit_teacher`, with what scoring it needs: the trainer (its ``model``),
+    the tokenizer, the cleaned test split, and the training time and throughput that metrics.json records."""
 
-    checkpoint = start_run(training_args, [model_args.model_name_or_path, model_args.tokenizer_name_or_path],
-                           data_args.local_paths())
-    check_model_source(model_args.model_name_or_path, "model")
-    check_model_source(model_args.tokenizer_name_or_path, "tokenizer", tokenizer_only=True)
-    check_push_to_hub(training_args)  # fail now, not after the data is prepared
+    trainer: TeacherTrainer
+    tokenizer: Any
+    test_set: Any
+    runtime_seconds: float
+    target_tokens_per_second: float
+
+
+def fit_teacher(data_args: DataArguments, model_args: ModelArguments,
+                training_args: NmtTrainingArguments) -> TrainedTeacher:
+    """Train (or resume) a teacher and save it, with its tokenizer, in ``output_dir``; ``nmtq train``
+    (:func:`nmtq.commands.train_teacher`) then scores it on the test split."""
+    checkpoint = _start_teacher_run(data_args, model_args, training_args)
     splits = load_splits(data_args)
     with training_args.main_process_first(desc="tokenizer"):
         tokenizer = get_tokenizer(model_args, data_args, splits["train"], training_args.output_dir,
                                   resuming=checkpoint is not None)
     logger.info(f"tokenizer: {len(tokenizer):,} ids")
-    train_set = tokenize(splits["train"], tokenizer, data_args.max_source_length, data_args.max_target_length)
-    eval_set = tokenize(splits["validation"], tokenizer, data_args.max_source_length,
-                        data_args.max_target_length)
-    logger.info(f"training pairs within {data_args.max_source_length}/{data_args.max_target_length} pieces: "
-        f"{len(train_set):,} of {len(splits['train']):,}")
-    if len(train_set) == 0:
-        raise NmtqError("no training pair is short enough: raise max_source_length / max_target_length")
-    if model_args.model_name_or_path:
-        model = load_model(model_args.model_name_or_path)
-    else:
-        model = build_model(model_args.architecture(), len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id,
-                            data_args.source_lang, data_args.target_lang)
+    train_set, eval_set = _tokenized_splits(splits, tokenizer, data_args)
+    model = _teacher_model(model_args, data_args, tokenizer)
     logger.info(f"model: {type(model).__name__}, {sum(p.numel() for p in model.parameters()):,} parameters; "
         f"processes: {training_args.world_size} ({training_args.distributed_state.distributed_type})")
     epochs = EpochsThisRun()
@@ -150,33 +150,41 @@ def train_teacher(data_args: DataArguments, model_args: ModelArguments, training
     result = trainer.train(resume_from_checkpoint=checkpoint)
     enable_generation_cache(model)
     trainer.save_model(training_args.output_dir)
+    runtime = result.metrics["train_runtime"]
     target_tokens = sum(len(labels) for labels in train_set["labels"]) * epochs.covered(trainer.state)
-    throughput = target_tokens / max(result.metrics["train_runtime"], 1e-9)
-    logger.info(f"trained {trainer.state.global_step} steps in {result.metrics['train_runtime']:.0f} s: "
-        f"{throughput:,.0f} target tokens/s")
-    metrics: dict = {}
-    if trainer.is_world_process_zero():
-        metrics = score_test_split(trainer.model, tokenizer, splits["test"], data_args, training_args)
-        metrics["train_target_tokens_per_second"] = round(throughput, 1)
-        metrics["train_runtime_seconds"] = round(result.metrics["train_runtime"], 1)
-        write_json_atomic(files.metrics_file(training_args.output_dir), metrics)
-    training_args.distributed_state.wait_for_everyone()
-    return metrics
+    throughput = target_tokens / max(runtime, 1e-9)
+    logger.info(f"trained {trainer.state.global_step} steps in {runtime:.0f} s: {throughput:,.0f} target tokens/s")
+    return TrainedTeacher(trainer, tokenizer, splits["test"], runtime, throughput)
 
 
-def score_test_split(model, tokenizer, test_set, data_args: DataArguments, training_args: NmtTrainingArguments) -> dict:
-    """Translate the test split with beam search and score it (BLEU, chrF, perplexity)."""
-    from .evaluation import evaluate_model, format_metrics, keep_short_pairs
+def _start_teacher_run(data_args: DataArguments, model_args: ModelArguments, training_args: NmtTrainingArguments):
+    """:func:`nmtq.runs.start_run`, then the model, tokenizer and Hub checks, all before the data is prepared;
+    returns the checkpoint to resume (None: start afresh)."""
+    from .hub import check_push_to_hub
 
-    sources, references = list(test_set["source"]), list(test_set["target"])
-    if data_args.test_max_length:
-        sources, references = keep_short_pairs(tokenizer, sources, references, data_args.test_max_length)
-        logger.info(f"test pairs with at most {data_args.test_max_length} pieces a side: {len(sources):,} of "
-                    f"{len(test_set):,}")
-    model.eval()
-    metrics = evaluate_model(model, tokenizer, sources, references, num_beams=training_args.num_beams,
-                             max_new_tokens=training_args.max_new_tokens,
-                             batch_size=training_args.per_device_eval_batch_size,
-                             output_dir=Path(training_args.output_dir) / files.TEST_DIR)
-    logger.info("test split:\n" + format_metrics(metrics))
-    return metrics
+    checkpoint = start_run(training_args, [model_args.model_name_or_path, model_args.tokenizer_name_or_path],
+                           data_args.local_paths())
+    check_model_source(model_args.model_name_or_path, "model")
+    check_model_source(model_args.tokenizer_name_or_path, "tokenizer", tokenizer_only=True)
+    check_push_to_hub(training_args)  # fail now, not after the data is prepared
+    return checkpoint
+
+
+def _tokenized_splits(splits: dict, tokenizer, data_args: DataArguments) -> tuple:
+    """The training and validation splits tokenized within the length limits; NmtqError if no training pair fits."""
+    train_set = tokenize(splits["train"], tokenizer, data_args.max_source_length, data_args.max_target_length)
+    eval_set = tokenize(splits["validation"], tokenizer, data_args.max_source_length,
+                        data_args.max_target_length)
+    logger.info(f"training pairs within {data_args.max_source_length}/{data_args.max_target_length} pieces: "
+        f"{len(train_set):,} of {len(splits['train']):,}")
+    if len(train_set) == 0:
+        raise NmtqError("no training pair is short enough: raise max_source_length / max_target_length")
+    return train_set, eval_set
+
+
+def _teacher_model(model_args: ModelArguments, data_args: DataArguments, tokenizer):
+    """The checkpoint the arguments name, or a new Transformer of their architecture for ``tokenizer``."""
+    if model_args.model_name_or_path:
+        return load_model(model_args.model_name_or_path)
+    return build_model(model_args.architecture(), len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id,
+                       data_args.source_lang, data_args.target_lang)
