@@ -136,6 +136,9 @@ def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--inter-threads", type=_positive_int, default=1,
                         help="CTranslate2: batches decoded at once, the threads shared among them (2 on a 2-core CPU "
                              "decodes a small model faster than 1).")
+    parser.add_argument("--use-vmap", action="store_true",
+                        help="CTranslate2: score only the lexical shortlist of each batch (a folder exported with "
+                             "--shortlist).")
     parser.set_defaults(func=_run_evaluate)
 
 
@@ -148,7 +151,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, output_dir=args.output_dir or files.evaluation_dir(args.model_dir, args.split),
         engine=args.engine, compute_type=args.compute_type, inter_threads=args.inter_threads,
         source_lang_code=args.source_lang_code, target_lang_code=args.target_lang_code,
-        source_prefix=args.source_prefix,
+        source_prefix=args.source_prefix, use_vmap=args.use_vmap,
     )
     print(format_metrics(metrics))
     return 0
@@ -186,6 +189,14 @@ def _add_export(subparsers: argparse._SubParsersAction) -> None:
                              "with AVX-512 VNNI or AVX-VNNI) multiplies 8-bit codes exactly; avx2 (other x86 CPUs, "
                              "without VNNI) sums pairs of products in 16 bits, which 8-bit codes can saturate, so "
                              "7 bits; here (default): this machine's kind.")
+    parser.add_argument("--shortlist", default=None, metavar="DATA",
+                        help="With --ctranslate2: save a lexical shortlist built from the training split of DATA "
+                             "(a data spec, as --data takes) as CTranslate2's vocabulary map, for `nmtq evaluate "
+                             "--engine ctranslate2 --use-vmap`: the most frequent target tokens, and for each "
+                             "source token the target tokens that co-occur with it most (nmtq.shortlist).")
+    parser.add_argument("--shortlist-size", default="50,100", metavar="PER_SOURCE,COMMON",
+                        help="With --shortlist: target tokens per source token, and frequent ones always scored "
+                             "(default 50,100, Bergamot's).")
     parser.add_argument("--force", action="store_true", help="With --ctranslate2: replace an existing OUT_DIR.")
     parser.set_defaults(func=_run_export)
 
@@ -202,6 +213,28 @@ def _check_ctranslate2_flags(args: argparse.Namespace) -> None:
                         "--ctranslate2")
 
 
+def _shortlist(args: argparse.Namespace):
+    """The shortlist ``nmtq export --ctranslate2 --shortlist DATA`` asks for (None without it), built with the
+    model's tokenizer from DATA's training split; bad sizes or data fail before anything is written."""
+    if args.shortlist is None:
+        if args.shortlist_size != "50,100":
+            raise NmtqError("--shortlist-size is for --shortlist DATA: add it, or leave --shortlist-size out")
+        return None
+    try:
+        per_source, common = (int(n) for n in args.shortlist_size.split(","))
+    except ValueError:
+        raise NmtqError(f"--shortlist-size {args.shortlist_size}: pass two numbers, PER_SOURCE,COMMON (e.g. "
+                        "50,100)") from None
+    from .data import load_corpus
+    from .data_spec import check_data_spec
+    from .shortlist import build_shortlist
+    from .tokenizer import load_tokenizer
+
+    check_data_spec(args.shortlist)
+    pairs, _ = load_corpus(args.shortlist, "train")
+    return build_shortlist(load_tokenizer(args.model_dir), pairs["source"], pairs["target"], per_source, common)
+
+
 def _run_export(args: argparse.Namespace) -> int:
     if args.ctranslate2:
         _check_ctranslate2_flags(args)
@@ -210,12 +243,15 @@ def _run_export(args: argparse.Namespace) -> int:
 
         show_messages()  # the warnings about int8 codes the target CPU can saturate
         out = convert_to_ctranslate2(args.model_dir, args.out_dir, quantization=args.ctranslate2, force=args.force,
-                                     int8_bits=args.int8_bits, target_cpu=args.target_cpu)
+                                     int8_bits=args.int8_bits, target_cpu=args.target_cpu,
+                                     shortlist=_shortlist(args))
         info = json.loads((out / files.CT2_INFO).read_text(encoding="utf-8"))
         codes = f", {info['int8_bits']}-bit codes for {info['int8_target_cpu']} CPUs" if info.get("int8_bits") else ""
         print(f"CTranslate2 model ({args.ctranslate2}{codes}) of {args.model_dir} written to {out}")
         return 0
-    for flag, value, default in (("--int8-bits", args.int8_bits, None), ("--target-cpu", args.target_cpu, "here")):
+    for flag, value, default in (("--int8-bits", args.int8_bits, None), ("--target-cpu", args.target_cpu, "here"),
+                                 ("--shortlist", args.shortlist, None),
+                                 ("--shortlist-size", args.shortlist_size, "50,100")):
         if value != default:
             raise NmtqError(f"{flag} {value} is for CTranslate2 models: add --ctranslate2, or leave it out")
     from .export import export_model

@@ -48,6 +48,7 @@ from .errors import NmtqError
 from .io import read_json_object, write_dir_atomic, write_json_atomic
 from .models import check_model_dir
 from .quant.functional import encode_tensor, max_code
+from .shortlist import Shortlist, write_vmap
 from .tokenizer import encode_targets
 from .translators import Translator
 
@@ -272,7 +273,8 @@ def _decoding_info(model, tokenizer) -> dict[str, Any]:
 
 
 def convert_to_ctranslate2(model_dir: str | os.PathLike, out_dir: str | os.PathLike, quantization: str = "int8",
-                           force: bool = False, int8_bits: int | None = None, target_cpu: str = "here") -> Path:
+                           force: bool = False, int8_bits: int | None = None, target_cpu: str = "here",
+                           shortlist: Shortlist | None = None) -> Path:
     """Convert the Marian or BART model in ``model_dir`` into a self-contained CTranslate2 folder ``out_dir``.
 
     ``model_dir`` is an ``nmtq train``/``nmtq distill`` output_dir (config.json, model.safetensors, Marian
@@ -282,7 +284,9 @@ def convert_to_ctranslate2(model_dir: str | os.PathLike, out_dir: str | os.PathL
     (``"here"``: this one; ``"vnni"``: Intel's or any with VNNI, up to 8 bits; ``"avx2"``: x86 without VNNI, up
     to 7 bits): the student's own (:func:`student_int8_bits`), so its codes are stored exactly, where that CPU
     multiplies them exactly, else the widest it does (:func:`int8_width`). ``nmtq_ct2.json`` records the bits and
-    the kind of CPU, and :class:`Ct2Translator` warns where it loads codes this CPU can saturate. The folder is
+    the kind of CPU, and :class:`Ct2Translator` warns where it loads codes this CPU can saturate. ``shortlist``
+    (:func:`nmtq.shortlist.build_shortlist`) is saved as CTranslate2's vocabulary map, ``vmap.txt``, which
+    ``Ct2Translator(..., use_vmap=True)`` decodes with. The folder is
     built beside ``out_dir`` and renamed into place, so a failed conversion leaves nothing behind; an existing
     ``out_dir`` is replaced only with ``force=True``. Returns ``out_dir``.
 
@@ -297,7 +301,8 @@ def convert_to_ctranslate2(model_dir: str | os.PathLike, out_dir: str | os.PathL
     model, tokenizer = _load(model_dir)
     spec = _model_spec(model, tokenizer)
     info = {"format": _FORMAT, "model_type": model_type, "quantization": quantization, "int8_bits": int8_bits,
-            "int8_target_cpu": target, "source": str(model_dir), **_decoding_info(model, tokenizer)}
+            "int8_target_cpu": target, "source": str(model_dir), "shortlist": None,
+            **_decoding_info(model, tokenizer)}
 
     class SpecConverter(ct2.converters.Converter):
         def _load(self):
@@ -317,7 +322,17 @@ def convert_to_ctranslate2(model_dir: str | os.PathLike, out_dir: str | os.PathL
         tokenizer.save_pretrained(saved)
         for path in sorted(Path(saved).iterdir()):
             spec.register_file(str(path))
-        write_dir_atomic(out_dir, write)
+        if shortlist is not None:
+            vmap = Path(saved).parent / f"{Path(saved).name}-{files.CT2_VMAP}"
+            write_vmap(shortlist, vmap)
+            spec.register_vocabulary_mapping(str(vmap))
+            info["shortlist"] = {"common": len(shortlist.common), "source_tokens": len(shortlist.by_source),
+                                 "per_source": max(map(len, shortlist.by_source.values()), default=0)}
+        try:
+            write_dir_atomic(out_dir, write)
+        finally:
+            if shortlist is not None:
+                vmap.unlink(missing_ok=True)
     return out_dir
 
 
@@ -337,11 +352,14 @@ class Ct2Translator(Translator):
     """
 
     def __init__(self, model_dir: str | os.PathLike, compute_type: str = "int8", device: str = "cpu",
-                 intra_threads: int | None = None, inter_threads: int = 1) -> None:
+                 intra_threads: int | None = None, inter_threads: int = 1, use_vmap: bool = False) -> None:
         if inter_threads < 1 or (intra_threads is not None and intra_threads < 1):
             raise NmtqError(f"inter_threads={inter_threads}, intra_threads={intra_threads}: pass positive numbers")
         ct2, model_dir = _require_ctranslate2(), Path(model_dir)
-        self.compute_type, self.inter_threads = compute_type, inter_threads
+        if use_vmap and not (model_dir / files.CT2_VMAP).is_file():
+            raise NmtqError(f"use_vmap: {model_dir} has no {files.CT2_VMAP}; convert it with a shortlist (nmtq export "
+                             "--ctranslate2 --shortlist DATA), or leave use_vmap out")
+        self.compute_type, self.inter_threads, self.use_vmap = compute_type, inter_threads, use_vmap
         threads = intra_threads or max(1, torch.get_num_threads() // inter_threads)
         if (model_dir / files.CT2_WEIGHTS).is_file():
             self._open(ct2, model_dir, device, threads)
@@ -402,7 +420,7 @@ class Ct2Translator(Translator):
         prefix = None if self.forced_bos_token is None else [[self.forced_bos_token]] * len(sources)
         results = self.translator.translate_batch(
             self._source_tokens(sources), beam_size=num_beams, max_batch_size=batch_size, max_input_length=0,
-            max_decoding_length=max_length, min_decoding_length=0, target_prefix=prefix)
+            max_decoding_length=max_length, min_decoding_length=0, target_prefix=prefix, use_vmap=self.use_vmap)
         ids = [self.tokenizer.convert_tokens_to_ids(result.hypotheses[0]) for result in results]
         return self.tokenizer.batch_decode(ids, skip_special_tokens=True)
 
@@ -423,4 +441,4 @@ class Ct2Translator(Translator):
         return math.exp(-math.fsum(log_probs) / len(log_probs))
 
     def metrics_fields(self) -> dict[str, Any]:
-        return {"engine": "ctranslate2", "compute_type": self.compute_type}
+        return {"engine": "ctranslate2", "compute_type": self.compute_type, "use_vmap": self.use_vmap}

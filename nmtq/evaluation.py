@@ -143,15 +143,15 @@ def keep_short_pairs(tokenizer: Any, sources: list[str], targets: list[str],
 def open_translator(model_dir: str | os.PathLike, engine: str = "transformers", source_lang: str = "de",
                     target_lang: str = "en", device: str | None = None, progress: bool = True,
                     compute_type: str = "int8", inter_threads: int = 1, source_lang_code: str | None = None,
-                    target_lang_code: str | None = None, source_prefix: str | None = None):
+                    target_lang_code: str | None = None, source_prefix: str | None = None, use_vmap: bool = False):
     """The one place an engine is chosen: ``(translator, conventions)`` for the model saved in ``model_dir``.
 
     ``engine="transformers"`` loads the model and tokenizer (on ``device``, default CUDA when available) into a
     :class:`nmtq.translators.TransformersTranslator`, with the family's conventions (language codes, the forced
     target code, T5's prefix) from the model, or from ``source_lang_code``, ``target_lang_code`` and
     ``source_prefix`` (:func:`nmtq.conventions.resolve_conventions`). ``engine="ctranslate2"`` opens a
-    :class:`nmtq.translators.Ct2Translator` (``compute_type``, ``inter_threads``), whose folder keeps the codes it
-    was converted with; only its source prefix can be chosen.
+    :class:`nmtq.translators.Ct2Translator` (``compute_type``, ``inter_threads``, ``use_vmap``: its lexical
+    shortlist), whose folder keeps the codes it was converted with; only its source prefix can be chosen.
 
     Example:
         >>> translator, conventions = open_translator("runs/student-ct2", "ctranslate2")  # doctest: +SKIP
@@ -164,7 +164,8 @@ def open_translator(model_dir: str | os.PathLike, engine: str = "transformers", 
             raise NmtqError("a CTranslate2 folder keeps the language codes it was converted with (its tokenizer "
                              f"and {files.CT2_INFO}): leave out --source-lang-code and --target-lang-code, or convert "
                              "a model saved with other codes")
-        translator = Ct2Translator(model_dir, compute_type=compute_type, inter_threads=inter_threads)  # checks it
+        translator = Ct2Translator(model_dir, compute_type=compute_type, inter_threads=inter_threads,
+                                   use_vmap=use_vmap)  # checks it
         prefix = translator.prefixes.get(prefix_key(source_lang, target_lang), "")
         return translator, Conventions(prefix=source_prefix if source_prefix is not None else prefix)
     if engine != "transformers":
@@ -172,6 +173,9 @@ def open_translator(model_dir: str | os.PathLike, engine: str = "transformers", 
     if inter_threads != 1:
         raise NmtqError(f"inter_threads={inter_threads} is for engine='ctranslate2' (--engine ctranslate2): "
                          "transformers decodes one batch at a time")
+    if use_vmap:
+        raise NmtqError("use_vmap is for engine='ctranslate2' (--engine ctranslate2), whose folder holds the "
+                         "shortlist: transformers scores the whole vocabulary")
     check_model_dir(model_dir)
     tokenizer = load_tokenizer(model_dir)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -209,7 +213,8 @@ def evaluate_directory(model_dir: str | os.PathLike, data_spec: str, split: str 
                        output_dir: str | os.PathLike | None = None, device: str | None = None,
                        progress: bool = True, engine: str = "transformers",
                        compute_type: str = "int8", inter_threads: int = 1, source_lang_code: str | None = None,
-                       target_lang_code: str | None = None, source_prefix: str | None = None) -> dict[str, Any]:
+                       target_lang_code: str | None = None, source_prefix: str | None = None,
+                       use_vmap: bool = False) -> dict[str, Any]:
     """Load a saved model and tokenizer, load ``split`` of ``data_spec`` through ``nmtq.data``, and evaluate.
 
     ``engine="ctranslate2"`` decodes with CTranslate2 (``compute_type`` int8, float32, ...; ``inter_threads`` batches
@@ -236,7 +241,7 @@ def evaluate_directory(model_dir: str | os.PathLike, data_spec: str, split: str 
     translator, conventions = open_translator(
         model_dir, engine, source_lang, target_lang, device=device, progress=progress, compute_type=compute_type,
         inter_threads=inter_threads, source_lang_code=source_lang_code, target_lang_code=target_lang_code,
-        source_prefix=source_prefix)
+        source_prefix=source_prefix, use_vmap=use_vmap)
     sources, targets, data = _evaluation_pairs(translator.tokenizer, data_spec, split, source_lang, target_lang,
                                                max_words, max_length)
     metrics = evaluate_translator(translator, conventions.prefixed(sources), targets, num_beams=num_beams,

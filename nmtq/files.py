@@ -69,6 +69,7 @@ MODEL_CARD = "README.md"
 DEQUANTIZED_DIR = "dequantized"
 CT2_INFO = "nmtq_ct2.json"
 CT2_WEIGHTS = "model.bin"  # CTranslate2's own: a folder with it is a converted model
+CT2_VMAP = "vmap.txt"  # CTranslate2's own name for a vocabulary map (a lexical shortlist, nmtq.shortlist)
 
 TEACHER_CACHE_DIR = "teacher-cache"
 TEACHER_CACHE_META = "meta.json"

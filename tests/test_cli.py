@@ -40,7 +40,7 @@ def test_every_command_is_covered():
 
 def test_the_argparse_commands_have_the_multi_word_flags_checked_below():
     assert {dashed for _, dashed, _ in _flags("evaluate")} >= {"--num-beams", "--max-new-tokens", "--output-dir"}
-    assert {dashed for _, dashed, _ in _flags("export")} == {"--int8-bits", "--target-cpu"}
+    assert {dashed for _, dashed, _ in _flags("export")} == {"--int8-bits", "--target-cpu", "--shortlist-size"}
     assert {dashed for _, dashed, _ in _flags("push")} == {"--repo-id", "--dry-run", "--commit-message"}
 
 
