@@ -418,9 +418,13 @@ class Ct2Translator(Translator):
             return [""] * len(sources)
         # the token generate forces first (forced_bos_token_id) is CTranslate2's target prefix, one of the steps
         prefix = None if self.forced_bos_token is None else [[self.forced_bos_token]] * len(sources)
-        results = self.translator.translate_batch(
-            self._source_tokens(sources), beam_size=num_beams, max_batch_size=batch_size, max_input_length=0,
-            max_decoding_length=max_length, min_decoding_length=0, target_prefix=prefix, use_vmap=self.use_vmap)
+        tokens = self._source_tokens(sources)
+        # with a vocabulary map CTranslate2 (4.8) indexes out of range in batches it splits itself: one call a batch
+        step = batch_size if self.use_vmap else len(tokens)
+        results = [result for i in range(0, len(tokens), step) for result in self.translator.translate_batch(
+            tokens[i:i + step], beam_size=num_beams, max_batch_size=batch_size, max_input_length=0,
+            max_decoding_length=max_length, min_decoding_length=0, target_prefix=prefix and prefix[i:i + step],
+            use_vmap=self.use_vmap)]
         ids = [self.tokenizer.convert_tokens_to_ids(result.hypotheses[0]) for result in results]
         return self.tokenizer.batch_decode(ids, skip_special_tokens=True)
 

@@ -15,7 +15,10 @@ Students, each made from the teacher as ``nmtq distill`` makes them (:func:`nmtq
 6+1, 6+2, 3+1 and 1+1 layers at d_model 512, and a tiny 6+2 one at d_model 256 (FFN 1,536, Bergamot's tiny
 width). One more 6+1 student has the trimmed vocabulary of 14,531 tokens that ``--trim_vocabulary`` kept of a
 64,203-token multilingual Bible vocabulary for German-English (``benchmarks/trim-bible.md``): the vocabulary
-lever.
+lever. The 6+1 students are also decoded with a lexical shortlist (:mod:`nmtq.shortlist`, 50 target tokens a
+source token and the 100 most frequent, from the Bible training split): the shortlist lever. CTranslate2 4.8
+cannot force the length with a vocabulary map (``min_decoding_length`` fails), so those rows count the tokens
+each hypothesis decoded, at most ``--new-tokens``.
 
 Engines, each model in a fresh process: transformers fp32 (``generate``), CTranslate2 int8 (``nmtq export
 --ctranslate2``: absmax codes per row, as wide as this CPU multiplies exactly) one batch at a time on every
@@ -57,6 +60,7 @@ MODELS = {
 }
 QUICK = {"teacher 6+6": (2, 2, 64, 128, 2000), "student 6+1": (2, 1, 64, 128, 2000)}
 ENGINES = ("transformers fp32", "CTranslate2 int8", "CTranslate2 int8, batches at once")
+SHORTLIST = "CTranslate2 int8, shortlist"  # the 6+1 students only
 
 MEASURE = r"""
 import json, statistics, sys, time
@@ -77,30 +81,36 @@ if engine == "transformers fp32":
     batches = [tokenizer(sources[i:i + size], return_tensors="pt", padding=True) for i in range(0, len(sources), size)]
     def decode(batches):
         with torch.inference_mode():
-            return sum(model.generate(**b, num_beams=beams, min_new_tokens=new, max_new_tokens=new,
-                                      do_sample=False).shape[0] for b in batches)
+            return new * sum(model.generate(**b, num_beams=beams, min_new_tokens=new, max_new_tokens=new,
+                                            do_sample=False).shape[0] for b in batches)
     run = lambda: decode(batches)
     warm = lambda: decode(batches[:1])
 else:
     import ctranslate2
-    at_once = engine.endswith("at once")
-    translator = ctranslate2.Translator(folder + "/ct2", device="cpu", compute_type="int8",
+    at_once, vmap = engine.endswith("at once"), engine.endswith("shortlist")
+    translator = ctranslate2.Translator(folder + ("/ct2-vmap" if vmap else "/ct2"), device="cpu", compute_type="int8",
                                         intra_threads=1 if at_once else threads,
                                         inter_threads=threads if at_once else 1)
     tokens = [tokenizer.convert_ids_to_tokens(ids) for ids in tokenizer(sources)["input_ids"]]
+    # CTranslate2 4.8 fails (an index out of range) on min_decoding_length with a vocabulary map: there the
+    # hypotheses may end early, and the tokens counted are those decoded
+    length = {} if vmap else {"min_decoding_length": new}
     def decode(tokens):
-        results = translator.translate_batch(tokens, beam_size=beams, max_batch_size=size, max_input_length=0,
-                                             min_decoding_length=new, max_decoding_length=new)
-        assert all(len(r.hypotheses[0]) == new for r in results), "a hypothesis ended early"
-        return len(results)
+        # with a vocabulary map, CTranslate2 4.8 also fails on batches it splits itself: one call a batch
+        parts = [tokens[i:i + size] for i in range(0, len(tokens), size)] if vmap else [tokens]
+        results = [r for part in parts for r in translator.translate_batch(
+            part, beam_size=beams, max_batch_size=size, max_input_length=0, max_decoding_length=new,
+            use_vmap=vmap, **length)]
+        assert vmap or all(len(r.hypotheses[0]) == new for r in results), "a hypothesis ended early"
+        return sum(len(r.hypotheses[0]) for r in results)
     run = lambda: decode(tokens)
     warm = lambda: decode(tokens[:size])
 warm()
 speeds = []
 for _ in range(repeats):
     start = time.perf_counter()
-    sentences = run()
-    speeds.append(sentences * new / (time.perf_counter() - start))
+    tokens_decoded = run()
+    speeds.append(tokens_decoded / (time.perf_counter() - start))
 print(json.dumps({"tokens_per_second": statistics.median(speeds), "speeds": speeds,
                   "peak_rss_bytes": status("VmHWM"), "rss_after_imports_bytes": imported}))
 """
@@ -124,12 +134,14 @@ def padded_tokenizer(base: Path, out: Path, vocab_size: int) -> None:
 
 def build(work: Path, models: dict[str, tuple]) -> dict[str, Path]:
     """Every model of ``models`` saved with its tokenizer under ``work``, and its CTranslate2 int8 conversion in
-    ``<folder>/ct2``; reused when present."""
+    ``<folder>/ct2`` (the 6+1 students' also with a shortlist of the training split, in ``<folder>/ct2-vmap``);
+    reused when present."""
     import torch
     from transformers import MarianConfig, MarianMTModel
 
     from nmtq.ct2 import convert_to_ctranslate2
-    from nmtq.data import load_pairs
+    from nmtq.data import load_corpus, load_pairs
+    from nmtq.shortlist import build_shortlist
     from nmtq.student import make_student
     from nmtq.tokenizer import load_tokenizer, train_tokenizer
 
@@ -163,13 +175,19 @@ def build(work: Path, models: dict[str, tuple]) -> dict[str, Path]:
         model.save_pretrained(folders[name])
         tokenizer.save_pretrained(folders[name])
         convert_to_ctranslate2(folders[name], folders[name] / "ct2", "int8")
+        if name.startswith("student 6+1"):
+            pairs, _ = load_corpus("bible:de-en", "train")
+            shortlist = build_shortlist(tokenizer, pairs["source"], pairs["target"])
+            convert_to_ctranslate2(folders[name], folders[name] / "ct2-vmap", "int8", shortlist=shortlist)
     return folders
 
 
 def measure(folder: Path, engine: str, beams: int, args: argparse.Namespace, sources: list[str]) -> dict:
     out = subprocess.run([sys.executable, "-c", MEASURE, str(folder), engine, str(beams), str(args.batch_size),
                           str(args.new_tokens), str(args.repeats), str(args.threads), json.dumps(sources)],
-                         check=True, capture_output=True, text=True)
+                         capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"{folder.name}, {engine}, beam {beams} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -203,7 +221,7 @@ def speed_table(rows: list[dict], names: list[str]) -> list[str]:
     speed = {(r["model"], r["engine"], r["beams"]): r["tokens_per_second"] for r in rows}
     teacher = names[0]
     for name in names:
-        for engine in ENGINES:
+        for engine in [e for e in (*ENGINES, SHORTLIST) if (name, e, 1) in speed]:
             cells = []
             for beams in (1, 4):
                 s = speed[name, engine, beams]
@@ -243,7 +261,7 @@ def main(argv: list[str] | None = None) -> dict:
         work.mkdir(parents=True, exist_ok=True)
         folders = build(work, models)
         for name, folder in folders.items():
-            for engine in ENGINES:
+            for engine in (*ENGINES, SHORTLIST) if (folder / "ct2-vmap").exists() else ENGINES:
                 weights = folder / ("ct2/model.bin" if engine.startswith("CTranslate2") else "model.safetensors")
                 for beams in (1, 4):
                     result = measure(folder, engine, beams, args, sources)
