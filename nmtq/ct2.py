@@ -9,11 +9,8 @@ with it, so :func:`nmtq.evaluation.evaluate_translator` gives the metrics of eit
 int8 weights are nmtq's own codes: ``int8_bits``-bit absmax per output row, rounded by
 :func:`nmtq.quant.functional.encode_tensor` and stored with CTranslate2's per-row scale, so CTranslate2 multiplies
 exactly the codes a student trained through (``nmtq distill --bucket_size row --scaling absmax --bits B``: its
-``B`` is the default). The width is chosen for the CPU the model will run on (``target_cpu``, :data:`INT8_TARGETS`):
-8 bits, CTranslate2's own scheme, where int8 products are summed in 32 bits (Intel's CPUs, where CTranslate2 takes
-MKL, and any CPU with VNNI); 7 bits on x86 CPUs with AVX2 but without VNNI, where the oneDNN kernel sums each pair
-of products in 16 bits and 8-bit codes can saturate it (oneDNN's "Nuances of int8 computations"): 7-bit codes keep
-every such sum in range.
+``B`` is the default), as wide as the CPU the model will run on multiplies exactly (``target_cpu``,
+:mod:`nmtq.ct2_int8`): 8 bits where int8 products are summed in 32 bits, 7 on x86 CPUs without VNNI.
 
 The conversion maps the model exactly, so at ``float32`` greedy outputs equal ``transformers``' and reference
 log-probabilities match: CTranslate2's own Marian converter does not. It drops ``<pad>`` from the vocabulary and
@@ -32,7 +29,6 @@ Example:
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import tempfile
@@ -42,25 +38,18 @@ from typing import Any
 import torch
 
 from . import files
+from .ct2_int8 import int8_codes, int8_target, int8_width, student_int8_bits, warn_if_saturated
 from .decoding import check_lengths, max_source_length, truncation
-from .env import parse_cpuinfo, read_cpuinfo
 from .errors import NmtqError
-from .io import read_json_object, write_dir_atomic, write_json_atomic
+from .io import write_dir_atomic, write_json_atomic
 from .models import check_model_dir
-from .quant.functional import encode_tensor, max_code
 from .shortlist import Shortlist, write_vmap
 from .tokenizer import encode_targets
 from .translators import Translator
 
-logger = logging.getLogger(__name__)
-
 SUPPORTED_MODEL_TYPES = ("marian", "bart", "mbart", "m2m_100", "t5", "mt5")
 _FORMAT = "nmtq.ctranslate2.v1"
 INT8_QUANTIZATIONS = ("int8", "int8_float32", "int8_float16", "int8_bfloat16")
-# the CPU a CTranslate2 int8 model will run on -> the widest codes its int8 kernels multiply exactly ("here": this
-# machine's, by int8_saturates_here)
-INT8_TARGETS = {"vnni": 8, "avx2": 7}
-TARGET_CPUS = ("here", *INT8_TARGETS)
 QUANTIZATIONS = (*INT8_QUANTIZATIONS, "int16", "float16", "bfloat16", "float32")
 
 
@@ -139,89 +128,11 @@ def _model_spec(model, tokenizer):
     return Loader()(model, tokenizer)
 
 
-def student_int8_bits(model_dir: str | os.PathLike) -> int | None:
-    """The bits of a student whose codes CTranslate2 int8 can hold exactly, else None.
-
-    That is a student quantized with absmax per output row (``--bucket_size row --scaling absmax``), uniform
-    levels (no learned points) and at most 8 bits, read from its ``quantization.json`` (``nmtq distill``) or
-    config.json's ``quantization_config`` (``nmtq export``); with bits that differ between layers, the largest.
-    """
-    from .exported import export_config
-
-    model_dir = Path(model_dir)
-    data, config = export_config(model_dir), None
-    if data is not None:
-        config = data
-    elif (model_dir / files.QUANTIZATION).is_file():
-        data = read_json_object(model_dir / files.QUANTIZATION,
-                                "write the folder again with the nmtq command that made it")
-        config = data.get("config") or {}
-    if config is None:
-        return None
-    bits = list((data.get("bits") or {}).values())
-    if (config.get("bucket_size") == "row" and config.get("scaling") == "absmax" and bits
-            and not (config.get("learn_points") or data.get("learn_points")) and max(bits) <= 8):
-        return int(max(bits))
-    return None
-
-
-def int8_saturates_here(cpuinfo: str | None = None) -> bool:
-    """Whether CTranslate2's int8 on this CPU sums pairs of 8-bit products in 16 bits, which 8-bit codes can overflow.
-
-    That is oneDNN's u8s8 kernel without VNNI: CTranslate2 takes oneDNN on x86 CPUs not made by Intel (MKL on
-    Intel's, or wherever ``CT2_USE_MKL=1``), and CPUs with ``avx512_vnni`` or ``avx_vnni`` sum in 32 bits.
-    ``cpuinfo`` is the text of ``/proc/cpuinfo`` (read when None; False where there is none).
-    """
-    if os.environ.get("CT2_USE_MKL", "").lower() in ("1", "true", "on"):
-        return False
-    if cpuinfo is None:
-        cpuinfo = read_cpuinfo()
-        if cpuinfo is None:
-            return False
-    cpu = parse_cpuinfo(cpuinfo)
-    return cpu.avx2 and cpu.vendor != "GenuineIntel" and not cpu.vnni
-
-
-def int8_target(target_cpu: str) -> str:
-    """``target_cpu`` (one of :data:`TARGET_CPUS`) as a key of :data:`INT8_TARGETS`: ``"here"`` is this machine's
-    kind, ``"avx2"`` where :func:`int8_saturates_here`, else ``"vnni"``."""
-    if target_cpu not in TARGET_CPUS:
-        raise NmtqError(f"target_cpu={target_cpu!r}: pass one of {TARGET_CPUS} (here: this machine; vnni: Intel's "
-                         "CPUs or any with VNNI, 8-bit codes; avx2: x86 CPUs without VNNI, 7-bit codes)")
-    if target_cpu == "here":
-        return "avx2" if int8_saturates_here() else "vnni"
-    return target_cpu
-
-
-def _int8_codes(spec, bits: int, rest: str | None) -> None:
-    """Every weight CTranslate2 stores as int8 (those with a ``<name>_scale``) as ``bits``-bit absmax codes per
-    output row, rounded as nmtq rounds them, with CTranslate2's scale (codes per unit); other float tensors as
-    ``rest`` (what CTranslate2's int8_float16 etc. do to them), or left as they are."""
-    from ctranslate2.specs import model_spec as ms
-
-    top = max_code(bits, "absmax")
-
-    def visit(layer, name: str, value) -> None:
-        if not isinstance(value, ms.Variable) or value.is_scalar():
-            return
-        key = name.rsplit("/", 1)[-1]
-        if hasattr(layer, f"{key}_scale"):
-            q = encode_tensor(torch.from_numpy(value.to("float32").numpy()), bits, "row", "absmax")
-            codes = (q.codes.to(torch.int16) - top).to(torch.int8).reshape(q.shape)  # stored offset by top
-            amax = q.ranges.reshape(-1)
-            scale = torch.where(amax > 0, top / amax, torch.ones_like(amax))  # a zero row: codes 0, any scale
-            setattr(layer, key, ms.NumpyVariable(codes.numpy()))
-            setattr(layer, f"{key}_scale", ms.NumpyVariable(scale.numpy()))
-        elif rest is not None and value.dtype in ("float32", "float16", "bfloat16"):
-            setattr(layer, key, value.to(rest))
-
-    ms.visit_spec(spec, visit)
-
-
 def _check_conversion(model_dir: Path, out_dir: Path, quantization: str, force: bool, int8_bits: int | None,
                       target_cpu: str) -> tuple[int | None, str | None]:
     """The arguments of :func:`convert_to_ctranslate2` checked before anything is loaded or written; returns the
-    bits of the int8 codes and the kind of CPU they are for (:func:`int8_width`; None, None for float types)."""
+    bits of the int8 codes and the kind of CPU they are for (:func:`nmtq.ct2_int8.int8_width`; None, None for
+    float types)."""
     target = int8_target(target_cpu)
     if quantization not in QUANTIZATIONS:
         raise NmtqError(f"quantization={quantization!r}: pass one of {QUANTIZATIONS} (int8 for a CPU)")
@@ -243,23 +154,6 @@ def _check_conversion(model_dir: Path, out_dir: Path, quantization: str, force: 
     return int8_width(int8_bits, student_int8_bits(model_dir), target), target
 
 
-def int8_width(int8_bits: int | None, own: int | None, target: str) -> int:
-    """The bits of the int8 codes for a CPU of kind ``target`` (a key of :data:`INT8_TARGETS`): ``int8_bits`` when
-    given (with a warning where that CPU can saturate them), else the student's ``own`` bits where that CPU
-    multiplies them exactly, else the widest it does (``own`` re-rounded to it, with a warning)."""
-    widest = INT8_TARGETS[target]
-    if int8_bits is not None:
-        if int8_bits > widest:
-            logger.warning("%d-bit int8 codes can saturate CTranslate2's int8 kernels on %s CPUs (pairs of products "
-                           "summed in 16 bits): %d bits keep them exact there", int8_bits, target, widest)
-        return int8_bits
-    if own is not None and own > widest:
-        logger.warning("the student's own %d-bit codes can saturate CTranslate2's int8 kernels on %s CPUs: they are "
-                       "rounded again to %d bits (distill with --bits %d to keep the codes it trained through, or "
-                       "pass --int8-bits %d to keep them anyway)", own, target, widest, widest, own)
-    return min(own or widest, widest)
-
-
 def _decoding_info(model, tokenizer) -> dict[str, Any]:
     """What a translator needs beside ``model.bin``: the longest source, forced tokens and T5's task prefixes."""
     forced_eos = getattr(model.generation_config, "forced_eos_token_id", None) is not None
@@ -272,23 +166,48 @@ def _decoding_info(model, tokenizer) -> dict[str, Any]:
                          if key.startswith("translation_") and (params or {}).get("prefix")}}
 
 
+def _register_files(spec, tokenizer, shortlist: Shortlist | None, directory: Path) -> dict[str, int] | None:
+    """Register with ``spec`` the files a translator needs beside ``model.bin``, written into ``directory``: every
+    file the tokenizer saves (a Marian tokenizer's SentencePiece models, BART's vocab.json and merges.txt, or a
+    tokenizer.json) and the shortlist's vocabulary map; returns what ``nmtq_ct2.json`` says of the shortlist."""
+    tokenizer.save_pretrained(directory / "tokenizer")
+    for path in sorted((directory / "tokenizer").iterdir()):
+        spec.register_file(str(path))
+    if shortlist is None:
+        return None
+    write_vmap(shortlist, directory / files.CT2_VMAP)
+    spec.register_vocabulary_mapping(str(directory / files.CT2_VMAP))
+    return {"common": len(shortlist.common), "source_tokens": len(shortlist.by_source),
+            "per_source": max(map(len, shortlist.by_source.values()), default=0)}
+
+
+def _converter(ct2, spec, quantization: str, int8_bits: int | None):
+    """A CTranslate2 converter of ``spec`` that writes nmtq's int8 codes (:func:`nmtq.ct2_int8.int8_codes`), not
+    CTranslate2's re-rounding (``convert`` then gets no quantization), where ``int8_bits`` is set."""
+
+    class SpecConverter(ct2.converters.Converter):
+        def _load(self):
+            if int8_bits is not None:
+                spec.validate()  # torch tensors into CTranslate2 variables
+                int8_codes(spec, int8_bits, {"int8_float16": "float16", "int8_bfloat16": "bfloat16",
+                                             "int8_float32": "float32"}.get(quantization))
+            return spec
+
+    return SpecConverter()
+
+
 def convert_to_ctranslate2(model_dir: str | os.PathLike, out_dir: str | os.PathLike, quantization: str = "int8",
                            force: bool = False, int8_bits: int | None = None, target_cpu: str = "here",
                            shortlist: Shortlist | None = None) -> Path:
     """Convert the Marian or BART model in ``model_dir`` into a self-contained CTranslate2 folder ``out_dir``.
 
-    ``model_dir`` is an ``nmtq train``/``nmtq distill`` output_dir (config.json, model.safetensors, Marian
-    tokenizer files) or an ``nmtq export`` folder. ``quantization`` is the weight type of ``model.bin``
-    (``int8``: absmax codes per output row, CTranslate2's scheme). ``int8_bits`` (2 to 8, int8 types only) is the
-    bits of those codes. By default they are chosen for ``target_cpu``, the kind of CPU the model will run on
-    (``"here"``: this one; ``"vnni"``: Intel's or any with VNNI, up to 8 bits; ``"avx2"``: x86 without VNNI, up
-    to 7 bits): the student's own (:func:`student_int8_bits`), so its codes are stored exactly, where that CPU
-    multiplies them exactly, else the widest it does (:func:`int8_width`). ``nmtq_ct2.json`` records the bits and
-    the kind of CPU, and :class:`Ct2Translator` warns where it loads codes this CPU can saturate. ``shortlist``
-    (:func:`nmtq.shortlist.build_shortlist`) is saved as CTranslate2's vocabulary map, ``vmap.txt``, which
-    ``Ct2Translator(..., use_vmap=True)`` decodes with. The folder is
-    built beside ``out_dir`` and renamed into place, so a failed conversion leaves nothing behind; an existing
-    ``out_dir`` is replaced only with ``force=True``. Returns ``out_dir``.
+    ``model_dir`` is an ``nmtq train``/``nmtq distill`` output_dir or an ``nmtq export`` folder. ``quantization``
+    is the weight type of ``model.bin`` (``int8``: absmax codes per output row, CTranslate2's scheme), whose
+    ``int8_bits`` (2 to 8) are by default chosen for ``target_cpu``, the kind of CPU the model will run on
+    (``"here"``, ``"vnni"`` or ``"avx2"``; :func:`nmtq.ct2_int8.int8_width`); ``nmtq_ct2.json`` records both.
+    ``shortlist`` (:func:`nmtq.shortlist.build_shortlist`) is saved as CTranslate2's vocabulary map, ``vmap.txt``,
+    for ``Ct2Translator(..., use_vmap=True)``. The folder is built beside ``out_dir`` and renamed into place, so a
+    failed conversion leaves nothing behind; an existing ``out_dir`` is replaced only with ``force=True``.
 
     Example:
         >>> convert_to_ctranslate2("runs/student", "runs/student-ct2", quantization="int8")  # doctest: +SKIP
@@ -301,38 +220,16 @@ def convert_to_ctranslate2(model_dir: str | os.PathLike, out_dir: str | os.PathL
     model, tokenizer = _load(model_dir)
     spec = _model_spec(model, tokenizer)
     info = {"format": _FORMAT, "model_type": model_type, "quantization": quantization, "int8_bits": int8_bits,
-            "int8_target_cpu": target, "source": str(model_dir), "shortlist": None,
-            **_decoding_info(model, tokenizer)}
-
-    class SpecConverter(ct2.converters.Converter):
-        def _load(self):
-            if int8_bits is not None:  # nmtq's codes, not CTranslate2's re-rounding (convert gets no quantization)
-                spec.validate()  # torch tensors into CTranslate2 variables
-                _int8_codes(spec, int8_bits, {"int8_float16": "float16", "int8_bfloat16": "bfloat16",
-                                              "int8_float32": "float32"}.get(quantization))
-            return spec
+            "int8_target_cpu": target, "source": str(model_dir), **_decoding_info(model, tokenizer)}
 
     def write(tmp: Path) -> None:
-        SpecConverter().convert(str(tmp), quantization=None if int8_bits else quantization, force=True)
+        _converter(ct2, spec, quantization, int8_bits).convert(str(tmp), quantization=None if int8_bits else
+                                                              quantization, force=True)
         write_json_atomic(tmp / files.CT2_INFO, info)
 
-    # the folder is all a translator needs: model, vocabulary and every file the tokenizer saves (a Marian
-    # tokenizer's SentencePiece models, BART's vocab.json and merges.txt, or a tokenizer.json)
-    with tempfile.TemporaryDirectory(prefix="nmtq-tokenizer-") as saved:
-        tokenizer.save_pretrained(saved)
-        for path in sorted(Path(saved).iterdir()):
-            spec.register_file(str(path))
-        if shortlist is not None:
-            vmap = Path(saved).parent / f"{Path(saved).name}-{files.CT2_VMAP}"
-            write_vmap(shortlist, vmap)
-            spec.register_vocabulary_mapping(str(vmap))
-            info["shortlist"] = {"common": len(shortlist.common), "source_tokens": len(shortlist.by_source),
-                                 "per_source": max(map(len, shortlist.by_source.values()), default=0)}
-        try:
-            write_dir_atomic(out_dir, write)
-        finally:
-            if shortlist is not None:
-                vmap.unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory(prefix="nmtq-ct2-files-") as saved:
+        info["shortlist"] = _register_files(spec, tokenizer, shortlist, Path(saved))
+        write_dir_atomic(out_dir, write)
     return out_dir
 
 
@@ -378,12 +275,8 @@ class Ct2Translator(Translator):
         self.forced_eos: bool = info.get("forced_eos", False)
         self.forced_bos_token: str | None = info.get("forced_bos_token")
         self.prefixes: dict[str, str] = info.get("prefixes", {})
-        bits = info.get("int8_bits")
-        if self.compute_type.startswith("int8") and bits is not None and bits > INT8_TARGETS["avx2"] \
-                and int8_saturates_here():
-            logger.warning("%s holds %d-bit int8 codes, made for CPUs that sum int8 products in 32 bits; this CPU (x86 "
-                           "without VNNI) sums pairs of them in 16 bits, which they can saturate: convert it again "
-                           "here (nmtq export --ctranslate2 --target-cpu here) for exact 7-bit codes", model_dir, bits)
+        if self.compute_type.startswith("int8"):
+            warn_if_saturated(model_dir, info.get("int8_bits"))
         torch_threads = torch.get_num_threads()  # CTranslate2 sets the calling thread's OpenMP count, torch's too
         try:
             self.translator = ct2.Translator(str(model_dir), device=device, compute_type=self.compute_type,

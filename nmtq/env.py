@@ -4,7 +4,7 @@
 benchmark JSON carries under ``"environment"``; ``format_environment`` writes it as ``- key: value`` lines (as
 ``transformers env`` does, and ``nmtq env`` prints) and ``describe_environment`` as the one line under a table.
 The CPU's flags are read from the text of ``/proc/cpuinfo`` by a pure function, ``parse_cpuinfo``, which
-:func:`nmtq.ct2.int8_saturates_here` shares. Only the standard library is imported here; torch on use.
+:func:`nmtq.ct2_int8.int8_saturates_here` shares. Only the standard library is imported here; torch on use.
 
 Example:
     >>> cpu = parse_cpuinfo("vendor_id\\t: AuthenticAMD\\nmodel name\\t: AMD EPYC 7B13\\nflags\\t\\t: sse2 avx2\\n")

@@ -40,7 +40,8 @@ from typing import Any
 
 import torch
 
-from nmtq.ct2 import Ct2Translator, convert_to_ctranslate2, student_int8_bits
+from nmtq.ct2 import Ct2Translator, convert_to_ctranslate2
+from nmtq.ct2_int8 import student_int8_bits
 from nmtq.data import load_corpus
 from nmtq.env import describe_environment, environment
 from nmtq.evaluation import corpus_scores, keep_short_pairs, translate

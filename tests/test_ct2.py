@@ -19,10 +19,8 @@ from nmtq.cli import main  # noqa: E402
 from nmtq.ct2 import (  # noqa: E402
     Ct2Translator,
     convert_to_ctranslate2,
-    int8_saturates_here,
-    int8_width,
-    student_int8_bits,
 )
+from nmtq.ct2_int8 import int8_saturates_here, int8_width, student_int8_bits  # noqa: E402
 from nmtq.evaluation import evaluate_model, evaluate_translator, perplexity, translate  # noqa: E402
 from nmtq.files import CT2_INFO  # noqa: E402
 from nmtq.models import load_model  # noqa: E402
@@ -122,8 +120,8 @@ def test_int8_folder_is_complete_and_evaluates_like_evaluate_model(marian, tmp_p
                                   output_dir=tmp_path / "eval")
     reference = evaluate_model(load_model(marian), load_tokenizer(marian), GERMAN, ENGLISH, num_beams=2,
                                max_new_tokens=MAX_NEW_TOKENS, progress=False)
-    assert set(reference) | {"engine", "compute_type"} == set(metrics)
-    assert metrics["engine"] == "ctranslate2" and metrics["compute_type"] == "int8"
+    assert set(reference) | {"engine", "compute_type", "use_vmap"} == set(metrics)
+    assert metrics["engine"] == "ctranslate2" and metrics["compute_type"] == "int8" and not metrics["use_vmap"]
     assert len((tmp_path / "eval" / "hypotheses.txt").read_text().splitlines()) == len(GERMAN)
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["bleu"] == metrics["bleu"]
 
@@ -406,7 +404,7 @@ def test_the_int8_width_suits_the_target_cpu(int8_bits, own, target, bits, warns
 
 
 def test_export_writes_the_widest_exact_codes_for_the_target_cpu(marian, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("nmtq.ct2.int8_saturates_here", lambda: True)  # an x86 CPU without VNNI, not Intel's
+    monkeypatch.setattr("nmtq.ct2_int8.int8_saturates_here", lambda: True)  # an x86 CPU without VNNI, not Intel's
 
     def widest(out: Path) -> int:
         return max(np.abs(v).max() for v in read_model_bin(out / "model.bin").values()
@@ -423,10 +421,10 @@ def test_export_writes_the_widest_exact_codes_for_the_target_cpu(marian, tmp_pat
 
 def test_a_translator_warns_where_this_cpu_can_saturate_the_codes(marian, tmp_path, caplog, monkeypatch):
     out = convert_to_ctranslate2(marian, tmp_path / "vnni", target_cpu="vnni")
-    monkeypatch.setattr("nmtq.ct2.int8_saturates_here", lambda: False)
+    monkeypatch.setattr("nmtq.ct2_int8.int8_saturates_here", lambda: False)
     Ct2Translator(out)
     assert not any("saturate" in r.getMessage() for r in caplog.records)  # made for this kind of CPU
-    monkeypatch.setattr("nmtq.ct2.int8_saturates_here", lambda: True)
+    monkeypatch.setattr("nmtq.ct2_int8.int8_saturates_here", lambda: True)
     Ct2Translator(out)
     assert any("--target-cpu here" in r.getMessage() for r in caplog.records)
     caplog.clear()

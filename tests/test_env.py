@@ -10,7 +10,7 @@ import torch
 
 import nmtq
 from nmtq.cli import main
-from nmtq.ct2 import int8_saturates_here
+from nmtq.ct2_int8 import int8_saturates_here
 from nmtq.env import describe_environment, environment, format_environment, parse_cpuinfo
 
 # the first lines of two processors of /proc/cpuinfo on a Zen 3 EPYC (AVX2, no AVX-512, no VNNI) and on an Ice Lake

@@ -30,7 +30,7 @@ LAYERS: dict[int, tuple[str, ...]] = {
         "nmtq.distill", "nmtq.vision.train"),
     # 5. evaluation: the Translator interface, its transformers and CTranslate2 engines, and the scores; the
     #    CTranslate2 conversion sits with its translator, which converts a model folder on the fly
-    5: ("nmtq.translators", "nmtq.shortlist", "nmtq.ct2", "nmtq.evaluation"),
+    5: ("nmtq.translators", "nmtq.shortlist", "nmtq.ct2_int8", "nmtq.ct2", "nmtq.evaluation"),
     # 6. export and the Hub: writing exports, model cards, pushing; ``import nmtq`` registers the export's
     #    quantization method (nmtq.hf) with transformers
     6: ("nmtq.export", "nmtq.card", "nmtq.push", "nmtq.hf", "nmtq"),
