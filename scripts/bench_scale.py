@@ -122,13 +122,12 @@ def nmtq_cli(*args: str) -> None:
 
 
 def padded_tokenizer(base: Path, out: Path, vocab_size: int) -> None:
-    """The Marian tokenizer of ``base`` with unused tokens added before ``<pad>`` (kept last) up to ``vocab_size``."""
+    """The Marian tokenizer of ``base`` with unused tokens after its own up to ``vocab_size`` ids (``<pad>`` keeps its
+    id, which the saved tokenizer config names)."""
     shutil.copytree(base, out)
     vocab = json.loads((base / "vocab.json").read_text(encoding="utf-8"))
-    pad = vocab.pop("<pad>")
-    assert pad == len(vocab), "nmtq's Marian vocabularies keep <pad> last"
-    vocab.update({f"<unused_{i}>": len(vocab) + i for i in range(vocab_size - 1 - len(vocab))})
-    vocab["<pad>"] = len(vocab)
+    size = len(vocab)
+    vocab.update({f"<unused_{i}>": size + i for i in range(vocab_size - size)})
     (out / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
 
 

@@ -40,12 +40,6 @@ LAYERS: dict[int, tuple[str, ...]] = {
     8: ("nmtq.cli", "nmtq.__main__"),
 }
 
-ALLOWED_PRIVATE: dict[tuple[str, str], str] = {
-    # (importer, imported): why a private name crosses modules
-    ("nmtq.quant.packed", "nmtq.quant.functional"): "nmtq/quant is another engineer's, being optimised now",
-    ("nmtq.quant.packed", "nmtq.quant.packing"): "nmtq/quant is another engineer's, being optimised now",
-    ("nmtq.quant.packing", "nmtq.quant.huffman"): "nmtq/quant is another engineer's, being optimised now",
-}
 
 
 def module_name(path: Path, root: Path = PACKAGE) -> str:
@@ -195,8 +189,7 @@ def test_private_names_stay_in_their_module():
     _, names = import_graph()
     crossing = {pair: sorted(n for n in taken if n.startswith("_") and not n.startswith("__"))
                 for pair, taken in names.items()}
-    crossing = {pair: taken for pair, taken in crossing.items() if taken}
-    assert sorted(set(crossing) - set(ALLOWED_PRIVATE)) == [], crossing
+    assert {pair: taken for pair, taken in crossing.items() if taken} == {}
 
 
 def test_the_readme_layout_lists_every_module():

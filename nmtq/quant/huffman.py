@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import torch
 
 __all__ = ["HuffmanStats", "canonical_codes", "entropy_bits", "huffman_code_lengths", "huffman_stats",
-           "symbol_counts"]
+           "is_int_tensor", "symbol_counts"]
 
 
-def _is_int_tensor(t: object) -> bool:
+def is_int_tensor(t: object) -> bool:
     """True for a tensor of an integer dtype (bool excluded)."""
     ok = isinstance(t, torch.Tensor) and t.dtype != torch.bool
     return ok and not (t.is_floating_point() or t.is_complex())
@@ -26,7 +26,7 @@ def _is_int_tensor(t: object) -> bool:
 def _as_counts(counts: Sequence[int] | torch.Tensor) -> list[int]:
     """Validate ``counts`` and return it as a list of non-negative Python ints."""
     if isinstance(counts, torch.Tensor):
-        if counts.dim() != 1 or not _is_int_tensor(counts):
+        if counts.dim() != 1 or not is_int_tensor(counts):
             raise ValueError(
                 f"counts must be a 1-D integer tensor; got dtype={counts.dtype}, "
                 f"shape={tuple(counts.shape)}. Pass e.g. symbol_counts(codes, n)."
@@ -141,7 +141,7 @@ def symbol_counts(codes: torch.Tensor, num_symbols: int) -> torch.Tensor:
     >>> symbol_counts(torch.tensor([0, 2, 2]), 4).tolist()
     [1, 0, 2, 0]
     """
-    if not _is_int_tensor(codes):
+    if not is_int_tensor(codes):
         raise ValueError(
             f"codes must be an integer tensor; got {getattr(codes, 'dtype', type(codes))}. "
             "Quantize to integer indices first."

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from .huffman import _is_int_tensor, canonical_codes, huffman_code_lengths, symbol_counts
+from .huffman import canonical_codes, huffman_code_lengths, is_int_tensor, symbol_counts
 
 __all__ = ["huffman_decode", "huffman_encode", "pack_codes", "packed_numel", "unpack_codes"]
 
@@ -54,7 +54,7 @@ def _flat_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """``codes`` flattened to uint8 after checking that they are integers in ``[0, 2**bits)``."""
     if isinstance(codes, torch.Tensor) and codes.dtype == torch.bool:
         return codes.reshape(-1).to(torch.uint8)
-    if not _is_int_tensor(codes):
+    if not is_int_tensor(codes):
         raise ValueError(
             f"codes must be an integer tensor; got {getattr(codes, 'dtype', type(codes).__name__)}: pass the "
             "integer codes of a QuantizedTensor (encode_tensor(...).codes), not de-quantized values"
@@ -264,7 +264,7 @@ def _reverse_bits(data: torch.Tensor) -> torch.Tensor:
 
 
 def _check_lengths(lengths: torch.Tensor) -> list[int]:
-    if not _is_int_tensor(lengths) or lengths.dim() != 1 or lengths.numel() not in [2**b for b in PACK_BITS]:
+    if not is_int_tensor(lengths) or lengths.dim() != 1 or lengths.numel() not in [2**b for b in PACK_BITS]:
         desc = f"dtype={lengths.dtype}, shape={tuple(lengths.shape)}" if isinstance(lengths, torch.Tensor) \
             else type(lengths).__name__
         raise ValueError(f"lengths must be a 1-D integer tensor of 2**bits codeword lengths (bits 1..8); got {desc}")
