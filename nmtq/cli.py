@@ -194,7 +194,7 @@ def _add_export(subparsers: argparse._SubParsersAction) -> None:
                              "(a data spec, as --data takes) as CTranslate2's vocabulary map, for `nmtq evaluate "
                              "--engine ctranslate2 --use-vmap`: the most frequent target tokens, and for each "
                              "source token the target tokens that co-occur with it most (nmtq.shortlist).")
-    parser.add_argument("--shortlist-size", default="50,100", metavar="PER_SOURCE,COMMON",
+    parser.add_argument("--shortlist-size", default=None, metavar="PER_SOURCE,COMMON",
                         help="With --shortlist: target tokens per source token, and frequent ones always scored "
                              "(default 50,100, Bergamot's).")
     parser.add_argument("--force", action="store_true", help="With --ctranslate2: replace an existing OUT_DIR.")
@@ -217,14 +217,16 @@ def _shortlist(args: argparse.Namespace):
     """The shortlist ``nmtq export --ctranslate2 --shortlist DATA`` asks for (None without it), built with the
     model's tokenizer from DATA's training split; bad sizes or data fail before anything is written."""
     if args.shortlist is None:
-        if args.shortlist_size != "50,100":
+        if args.shortlist_size is not None:
             raise NmtqError("--shortlist-size is for --shortlist DATA: add it, or leave --shortlist-size out")
         return None
-    try:
-        per_source, common = (int(n) for n in args.shortlist_size.split(","))
-    except ValueError:
-        raise NmtqError(f"--shortlist-size {args.shortlist_size}: pass two numbers, PER_SOURCE,COMMON (e.g. "
-                        "50,100)") from None
+    sizes = {}  # build_shortlist's own sizes unless --shortlist-size gives them
+    if args.shortlist_size is not None:
+        try:
+            sizes["per_source"], sizes["common"] = (int(n) for n in args.shortlist_size.split(","))
+        except ValueError:
+            raise NmtqError(f"--shortlist-size {args.shortlist_size}: pass two numbers, PER_SOURCE,COMMON (e.g. "
+                            "50,100)") from None
     from .data import load_corpus
     from .data_spec import check_data_spec
     from .shortlist import build_shortlist
@@ -232,7 +234,7 @@ def _shortlist(args: argparse.Namespace):
 
     check_data_spec(args.shortlist)
     pairs, _ = load_corpus(args.shortlist, "train")
-    return build_shortlist(load_tokenizer(args.model_dir), pairs["source"], pairs["target"], per_source, common)
+    return build_shortlist(load_tokenizer(args.model_dir), pairs["source"], pairs["target"], **sizes)
 
 
 def _run_export(args: argparse.Namespace) -> int:
@@ -251,7 +253,7 @@ def _run_export(args: argparse.Namespace) -> int:
         return 0
     for flag, value, default in (("--int8-bits", args.int8_bits, None), ("--target-cpu", args.target_cpu, "here"),
                                  ("--shortlist", args.shortlist, None),
-                                 ("--shortlist-size", args.shortlist_size, "50,100")):
+                                 ("--shortlist-size", args.shortlist_size, None)):
         if value != default:
             raise NmtqError(f"{flag} {value} is for CTranslate2 models: add --ctranslate2, or leave it out")
     from .export import export_model

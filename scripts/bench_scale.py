@@ -152,6 +152,7 @@ def build(work: Path, models: dict[str, tuple]) -> dict[str, Path]:
         train = load_pairs("bible:de-en", "train").to_dict()
         train_tokenizer((t for pair in zip(train["source"], train["target"]) for t in pair), base, 8000)
     teachers = {}
+    pairs, _ = load_corpus("bible:de-en", "train")  # the shortlists' training pairs
     for name, (encoder, decoder, width, ffn, vocab) in models.items():
         tokenizer_dir = work / f"tokenizer-{vocab}"
         if not tokenizer_dir.exists():
@@ -175,7 +176,6 @@ def build(work: Path, models: dict[str, tuple]) -> dict[str, Path]:
         tokenizer.save_pretrained(folders[name])
         convert_to_ctranslate2(folders[name], folders[name] / "ct2", "int8")
         if name.startswith("student 6+1"):
-            pairs, _ = load_corpus("bible:de-en", "train")
             shortlist = build_shortlist(tokenizer, pairs["source"], pairs["target"])
             convert_to_ctranslate2(folders[name], folders[name] / "ct2-vmap", "int8", shortlist=shortlist)
     return folders
