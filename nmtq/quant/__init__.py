@@ -9,6 +9,19 @@ Example:
 
 from .autograd import bits_by_gradient_norm, fake_quantize, fake_quantize_to_points, init_points
 from .config import QuantizerConfig
+from .diffq import (
+    GroupQuantized,
+    bits_from_logits,
+    decode_groups,
+    encode_groups,
+    group_numels,
+    logits_for_bits,
+    pseudo_quantize,
+    round_bits,
+    size_in_bits,
+    size_in_megabytes,
+    size_penalty,
+)
 from .functional import QuantizedTensor, encode_tensor, encode_to_points, quantize_tensor, quantize_to_points
 from .huffman import HuffmanStats, huffman_code_lengths, huffman_stats
 from .packing import huffman_decode, huffman_encode, pack_codes, packed_numel, unpack_codes
@@ -40,3 +53,5 @@ __all__ = [
     "sparsity_at",
 ]
 __all__ += ["huffman_decode", "huffman_encode", "pack_codes", "packed_numel", "unpack_codes"]
+__all__ += ["GroupQuantized", "bits_from_logits", "decode_groups", "encode_groups", "group_numels", "logits_for_bits",
+            "pseudo_quantize", "round_bits", "size_in_bits", "size_in_megabytes", "size_penalty"]
