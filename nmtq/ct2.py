@@ -253,6 +253,10 @@ class Ct2Translator(Translator):
         if inter_threads < 1 or (intra_threads is not None and intra_threads < 1):
             raise NmtqError(f"inter_threads={inter_threads}, intra_threads={intra_threads}: pass positive numbers")
         ct2, model_dir = _require_ctranslate2(), Path(model_dir)
+        if use_vmap and inter_threads > 1:
+            raise NmtqError(f"use_vmap with inter_threads={inter_threads}: a shortlist decodes one batch at a time "
+                             "(CTranslate2 4.8 keeps a stale shortlist between batches, which nmtq resets on one "
+                             "decoder); pass inter_threads=1 (--inter-threads 1)")
         if use_vmap and not (model_dir / files.CT2_VMAP).is_file():
             raise NmtqError(f"use_vmap: {model_dir} has no {files.CT2_VMAP}; convert it with a shortlist (nmtq export "
                              "--ctranslate2 --shortlist DATA), or leave use_vmap out")
@@ -312,14 +316,31 @@ class Ct2Translator(Translator):
         # the token generate forces first (forced_bos_token_id) is CTranslate2's target prefix, one of the steps
         prefix = None if self.forced_bos_token is None else [[self.forced_bos_token]] * len(sources)
         tokens = self._source_tokens(sources)
-        # with a vocabulary map CTranslate2 (4.8) indexes out of range in batches it splits itself: one call a batch
         step = batch_size if self.use_vmap else len(tokens)
-        results = [result for i in range(0, len(tokens), step) for result in self.translator.translate_batch(
-            tokens[i:i + step], beam_size=num_beams, max_batch_size=batch_size, max_input_length=0,
-            max_decoding_length=max_length, min_decoding_length=0, target_prefix=prefix and prefix[i:i + step],
-            use_vmap=self.use_vmap)]
+        results = []
+        for i in range(0, len(tokens), step):
+            if self.use_vmap:
+                self._forget_vocabulary_map()
+            results += self.translator.translate_batch(
+                tokens[i:i + step], beam_size=num_beams, max_batch_size=batch_size, max_input_length=0,
+                max_decoding_length=max_length, min_decoding_length=0, target_prefix=prefix and prefix[i:i + step],
+                use_vmap=self.use_vmap)
         ids = [self.tokenizer.convert_tokens_to_ids(result.hypotheses[0]) for result in results]
         return self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+
+    def _forget_vocabulary_map(self) -> None:
+        """Decode one step over the whole vocabulary, so the next batch maps its own shortlist from scratch.
+
+        CTranslate2 (4.8.5) keeps the output positions of the previous batch's shortlist for the tokens the next
+        batch's shortlist also has (``Decoder::update_output_layer`` adds to ``_to_output_word_id`` without
+        clearing it): the decoder start token then points at another token, so every batch after the first
+        decodes from a wrong first token, or indexes out of range when its shortlist is shorter. A decode without
+        the map clears both maps. So each batch is its own call (CTranslate2 would split them itself without a
+        reset) and the translator has one decoder (``inter_threads=1``), which the reset reaches. The reset's
+        source is ``<unk>``: a source of ``</s>`` alone leaves the maps as they were.
+        """
+        self.translator.translate_batch([[self.tokenizer.unk_token]], beam_size=1, max_decoding_length=1,
+                                        use_vmap=False)
 
     def perplexity(self, sources: list[str], references: list[str], batch_size: int = 32) -> float:
         """exp of the mean negative log-likelihood per reference token (``</s>`` included), by teacher forcing.
