@@ -16,9 +16,9 @@ Students, each made from the teacher as ``nmtq distill`` makes them (:func:`nmtq
 width). One more 6+1 student has the trimmed vocabulary of 14,531 tokens that ``--trim_vocabulary`` kept of a
 64,203-token multilingual Bible vocabulary for German-English (``benchmarks/trim-bible.md``): the vocabulary
 lever. The 6+1 students are also decoded with a lexical shortlist (:mod:`nmtq.shortlist`, 50 target tokens a
-source token and the 100 most frequent, from the Bible training split): the shortlist lever. CTranslate2 4.8
-cannot force the length with a vocabulary map (``min_decoding_length`` fails), so those rows count the tokens
-each hypothesis decoded, at most ``--new-tokens``.
+source token and the 100 most frequent, from the Bible training split): the shortlist lever, one batch a call
+with the map reset before each (as :class:`nmtq.ct2.Ct2Translator` does; CTranslate2 4.8.5 otherwise keeps the
+previous batch's shortlist).
 
 Engines, each model in a fresh process: transformers fp32 (``generate``), CTranslate2 int8 (``nmtq export
 --ctranslate2``: absmax codes per row, as wide as this CPU multiplies exactly) one batch at a time on every
@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -92,16 +93,17 @@ else:
                                         intra_threads=1 if at_once else threads,
                                         inter_threads=threads if at_once else 1)
     tokens = [tokenizer.convert_ids_to_tokens(ids) for ids in tokenizer(sources)["input_ids"]]
-    # CTranslate2 4.8 fails (an index out of range) on min_decoding_length with a vocabulary map: there the
-    # hypotheses may end early, and the tokens counted are those decoded
-    length = {} if vmap else {"min_decoding_length": new}
     def decode(tokens):
-        # with a vocabulary map, CTranslate2 4.8 also fails on batches it splits itself: one call a batch
+        # with a vocabulary map, one call a batch, each after a reset (nmtq.ct2.Ct2Translator._forget_vocabulary_map:
+        # CTranslate2 4.8.5 keeps the previous batch's shortlist positions)
         parts = [tokens[i:i + size] for i in range(0, len(tokens), size)] if vmap else [tokens]
-        results = [r for part in parts for r in translator.translate_batch(
-            part, beam_size=beams, max_batch_size=size, max_input_length=0, max_decoding_length=new,
-            use_vmap=vmap, **length)]
-        assert vmap or all(len(r.hypotheses[0]) == new for r in results), "a hypothesis ended early"
+        results = []
+        for part in parts:
+            if vmap:
+                translator.translate_batch([[tokenizer.unk_token]], beam_size=1, max_decoding_length=1)
+            results += translator.translate_batch(part, beam_size=beams, max_batch_size=size, max_input_length=0,
+                                                  max_decoding_length=new, min_decoding_length=new, use_vmap=vmap)
+        assert all(len(r.hypotheses[0]) == new for r in results), "a hypothesis ended early"
         return sum(len(r.hypotheses[0]) for r in results)
     run = lambda: decode(tokens)
     warm = lambda: decode(tokens[:size])
@@ -233,6 +235,35 @@ def speed_table(rows: list[dict], names: list[str]) -> list[str]:
     return lines
 
 
+# each lever, applied in this order to the fp32 teacher: (lever, model, engine) after it is pulled
+LEVERS = (("depth: 6+6 -> 6+1 layers", "student 6+1", ENGINES[0]),
+          ("int8 in CTranslate2", "student 6+1", ENGINES[1]),
+          ("trimmed vocabulary: 58,101 -> 14,531", "student 6+1, trimmed vocabulary", ENGINES[1]),
+          ("lexical shortlist", "student 6+1, trimmed vocabulary", SHORTLIST))
+
+
+def lever_table(rows: list[dict], teacher: str) -> list[str]:
+    """Each lever's factor on the way from the fp32 teacher to the fastest 6+1 student, and its share of the
+    whole speed-up (its factor's logarithm over the total's, so the shares add up to 100%)."""
+    speed = {(r["model"], r["engine"], r["beams"]): r["tokens_per_second"] for r in rows}
+    if not all((m, e, 1) in speed for _, m, e in LEVERS):
+        return []
+    lines = ["| lever, pulled in this order | greedy: factor | cumulative | share | beam 4: factor | cumulative | "
+             "share |", "|---|---:|---:|---:|---:|---:|---:|"]
+    cells: dict[str, list[str]] = {name: [] for name, _, _ in LEVERS}
+    for beams in (1, 4):
+        before = speed[teacher, ENGINES[0], beams]
+        total = speed[LEVERS[-1][1], LEVERS[-1][2], beams] / before
+        for name, model, engine in LEVERS:
+            after = speed[model, engine, beams]
+            factor = after / before
+            cells[name] += [f"{factor:.2f}x", f"{after / speed[teacher, ENGINES[0], beams]:.1f}x",
+                            f"{math.log(factor) / math.log(total):.0%}"]
+            before = after
+    lines += [f"| {name} | {' | '.join(c)} |" for name, c in cells.items()]
+    return lines
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch-size", type=int, default=32, help="sentences per batch (two batches a repeat)")
@@ -279,6 +310,10 @@ def main(argv: list[str] | None = None) -> dict:
              "|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['bits']} | {r['packed']:,} | {fp32 / r['packed']:.1f}x smaller | {r['huffman']:,} | "
               f"{fp32 / r['huffman']:.1f}x smaller |" for r in sizes]
+    levers = lever_table(rows, next(iter(folders)))
+    if levers:
+        lines += ["", "Each lever's share of the 6+1 student's speed-up over the fp32 teacher (tokens/s of the rows "
+                      "above):", "", *levers]
     lines += ["", f"Measured on {describe_environment(env)}.", ""]
     table = "\n".join(lines)
     print(table)

@@ -220,3 +220,21 @@ def test_trim_bench_counts_the_dropped_rows_in_the_files(tmp_path, capsys):
     assert json.loads((tmp_path / "trim.json").read_text())["kept_tokens"] == result["kept_tokens"]
     assert f"{result['kept_tokens']:,} of {result['teacher_tokens']:,}" in (tmp_path / "trim.md").read_text()
     assert capsys.readouterr().out.startswith("Trimming an NLLB-style vocabulary")
+
+
+def test_bench_scale_gives_each_lever_its_factor_and_log_share():
+    bench_scale = script("bench_scale")
+    speeds = {("teacher 6+6", "transformers fp32"): (100, 10), ("student 6+1", "transformers fp32"): (200, 10),
+              ("student 6+1", "CTranslate2 int8"): (800, 20),
+              ("student 6+1, trimmed vocabulary", "CTranslate2 int8"): (800, 40),
+              ("student 6+1, trimmed vocabulary", "CTranslate2 int8, shortlist"): (1600, 160)}
+    rows = [{"model": m, "engine": e, "beams": b, "tokens_per_second": s[i]}
+            for (m, e), s in speeds.items() for i, b in enumerate((1, 4))]
+    lines = bench_scale.lever_table(rows, "teacher 6+6")
+    # greedy: x2, x4, x1, x2 = x16 (shares 1/4, 2/4, 0, 1/4); beam 4: x1, x2, x2, x4 = x16 (0, 1/4, 1/4, 2/4)
+    assert lines[2:] == [
+        "| depth: 6+6 -> 6+1 layers | 2.00x | 2.0x | 25% | 1.00x | 1.0x | 0% |",
+        "| int8 in CTranslate2 | 4.00x | 8.0x | 50% | 2.00x | 2.0x | 25% |",
+        "| trimmed vocabulary: 58,101 -> 14,531 | 1.00x | 8.0x | 0% | 2.00x | 4.0x | 25% |",
+        "| lexical shortlist | 2.00x | 16.0x | 25% | 4.00x | 16.0x | 50% |"]
+    assert bench_scale.lever_table(rows[:4], "teacher 6+6") == []  # a lever not measured: no table
